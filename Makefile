@@ -1,0 +1,25 @@
+# tsubame — two commands: `make repro` runs the default pipeline, `make test` runs the test suite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install repro test clean
+
+# Re-install only when the project's dependencies change.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+repro: install
+	test -d .dvc || $(BIN)/dvc init --quiet
+	$(BIN)/dvc repro
+
+test: install
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) checkpoints

@@ -1,0 +1,135 @@
+"""What every stage shares: params, atomic outputs, reading documents, timing and clean failures."""
+import argparse
+import gzip
+import json
+import os
+import shutil
+import sys
+import time
+import unicodedata
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+
+
+class StageError(Exception):
+    """A failure the user can act on: printed as one clear message, no traceback."""
+
+
+def stage_main(name, description, add_arguments, run):
+    """Parse arguments, run the stage, print its wall time; turn known failures into a clear message."""
+    parser = argparse.ArgumentParser(prog=f"python -m stages.{name}", description=description)
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    add_arguments(parser)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    try:
+        run(args, load_params(args.params))
+    except (StageError, ValueError, FileNotFoundError, RuntimeError) as error:
+        print(f"stage {name} failed: {error}", file=sys.stderr)
+        sys.exit(1)
+    print(f"stage {name}: done in {time.perf_counter() - started:.1f} s")
+
+
+def load_params(path):
+    path = Path(path)
+    if not path.is_file():
+        raise StageError(f"params file {path} not found")
+    with path.open(encoding="utf-8") as f:
+        return yaml.safe_load(f) or {}
+
+
+def section(params, name, params_path="params.yaml"):
+    if name not in params:
+        raise StageError(f"{params_path}: missing section '{name}'")
+    return params[name]
+
+
+# -- atomic outputs: write beside the target, then rename, so a killed stage never leaves half a file
+
+@contextmanager
+def atomic_dir(target):
+    target = Path(target)
+    partial = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    yield partial
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+
+
+def write_json(path, obj):
+    _write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_csv(path, rows, columns):
+    lines = [",".join(columns)] + [",".join(_csv_value(row.get(c)) for c in columns) for row in rows]
+    _write_atomic(path, "\n".join(lines) + "\n")
+
+
+def _csv_value(value):
+    return "" if value is None else (f"{value:.6g}" if isinstance(value, float) else str(value))
+
+
+def _write_atomic(path, text):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+
+
+# -- documents
+
+class DocumentReport:
+    """Counts what reading skipped, and where, so bad input is reported rather than lost silently."""
+
+    def __init__(self, examples=5):
+        self.read, self.skipped, self.examples, self._limit = 0, {}, [], examples
+
+    def skip(self, reason, where):
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        if len(self.examples) < self._limit:
+            self.examples.append(f"{where}: {reason}")
+
+    def summary(self):
+        skipped = sum(self.skipped.values())
+        text = f"{self.read} documents read, {skipped} skipped"
+        if skipped:
+            text += " (" + ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items())) + "); first: "
+            text += "; ".join(self.examples)
+        return text
+
+
+def normalise(text):
+    return unicodedata.normalize("NFKC", text).strip()
+
+
+def read_documents(path, text_field="text", report=None):
+    """NFKC-normalised texts of a JSON Lines file (``.gz`` allowed); bad lines are counted and skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise StageError(f"corpus file {path} not found")
+    report = report if report is not None else DocumentReport()
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        for line_number, raw in enumerate(f, start=1):
+            where = f"{path}:{line_number}"
+            text = _document_text(raw, text_field, where, report)
+            if text:
+                report.read += 1
+                yield text
+
+
+def _document_text(raw, text_field, where, report):
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return report.skip("invalid UTF-8", where)
+    except json.JSONDecodeError:
+        return report.skip("malformed JSON", where) if raw.strip() else None
+    if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+        return report.skip(f"no text field '{text_field}'", where)
+    text = normalise(record[text_field])
+    return text if text else report.skip("empty document", where)

@@ -1,0 +1,66 @@
+"""Stage `teacher`: the model every distillation step asks.
+
+Default (``teacher.model`` is a config JSON): train that tiny Qwen2 model on the prepared corpus.
+Real recipe (a hub id or local path): resolve it, check its tokenizer is the pipeline's, and record its
+identity. Either way ``<out>/teacher.json`` says where the teacher lives and what it is, and the
+distill stage refuses a teacher that no longer matches it.
+"""
+from transformers import AutoTokenizer
+
+from stages.common import StageError, atomic_dir, section, stage_main, write_json
+from stages.training import load_prepared, require_finished, save_model, train_config
+from taid.models import config_for, is_config_file, load_model, model_identity
+from taid.objective import Objective
+from taid.trainer import train
+from taid.vocab import check_same_tokenizer
+
+
+def train_teacher(settings, seed, tokenizer, data_dir, out_dir):
+    cfg = train_config(settings["train"], seed, "teacher")
+    train_rows, valid_rows = load_prepared(data_dir, tokenizer)
+    model = load_model(settings["model"], tokenizer, seed=seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"teacher: training {settings['model']} ({n_params / 1e6:.2f}M parameters) for {cfg.steps} steps")
+    objective = Objective.language_modelling(chunk_size=cfg.loss_chunk_size)
+    result, model = train(model, objective, train_rows, valid_rows, cfg,
+                          describe={"model": settings["model"]})
+    require_finished(result, cfg.steps)
+    identity = {**model_identity(out_dir, model.config, tokenizer), "dtype": "float32"}
+    save_model(model, tokenizer, out_dir, {"teacher.json": identity})
+    return {**result.evals[-1], "n_params": n_params}
+
+
+def resolve_teacher(settings, tokenizer, tokenizer_dir, out_dir):
+    source = settings["model"]
+    try:
+        config = config_for(source)
+        teacher_tokenizer = AutoTokenizer.from_pretrained(source)
+    except OSError as error:
+        raise StageError(f"teacher {source!r} could not be resolved: {error}") from error
+    check_same_tokenizer(teacher_tokenizer, tokenizer, source, tokenizer_dir)
+    identity = {**model_identity(source, config, teacher_tokenizer), "dtype": settings.get("dtype", "auto")}
+    with atomic_dir(out_dir) as out:
+        write_json(out / "teacher.json", identity)
+    print(f"teacher: {source} ({identity['n_params'] / 1e9:.2f}B parameters, {identity['output_size']} outputs)")
+    return {"n_params": identity["n_params"], "output_size": identity["output_size"]}
+
+
+def add_arguments(parser):
+    parser.add_argument("--tokenizer", required=True, help="tokenizer directory (stage tokenizer)")
+    parser.add_argument("--data", required=True, help="prepared data directory (stage prepare)")
+    parser.add_argument("--out", required=True, help="teacher directory to write")
+    parser.add_argument("--metrics", required=True, help="metrics JSON to write")
+
+
+def run(args, params):
+    settings = section(params, "teacher")
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    if is_config_file(settings["model"]):
+        metrics = train_teacher(settings, params.get("seed", 0), tokenizer, args.data, args.out)
+    else:
+        metrics = resolve_teacher(settings, tokenizer, args.tokenizer, args.out)
+    write_json(args.metrics, metrics)
+
+
+if __name__ == "__main__":
+    stage_main("teacher", __doc__, add_arguments, run)

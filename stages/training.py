@@ -1,0 +1,47 @@
+"""Pieces the two training stages (teacher, distill) share: data in, model and curves out."""
+import json
+from pathlib import Path
+
+from stages.common import StageError, atomic_dir, write_csv, write_json
+from taid.data import load_packed
+from taid.trainer import TrainConfig
+from taid.vocab import tokenizer_fingerprint
+
+
+def load_prepared(data_dir, tokenizer):
+    """The packed train and validation rows, checked to be tokenized by ``tokenizer``."""
+    data_dir = Path(data_dir)
+    meta_path = data_dir / "meta.json"
+    if not meta_path.is_file():
+        raise StageError(f"{meta_path} not found; run the prepare stage first")
+    meta = json.loads(meta_path.read_text())
+    if meta["tokenizer_sha256"] != tokenizer_fingerprint(tokenizer):
+        raise StageError(f"{data_dir} was tokenized with another tokenizer; rerun the prepare stage")
+    return load_packed(data_dir / "train.npy"), load_packed(data_dir / "valid.npy")
+
+
+def train_config(stage_params, seed, stage):
+    return TrainConfig.from_params({"seed": seed, **stage_params}, where=f"params.yaml: {stage}.train")
+
+
+def save_model(model, tokenizer, out_dir, extra_files=None):
+    with atomic_dir(out_dir) as out:
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        for name, obj in (extra_files or {}).items():
+            write_json(out / name, obj)
+
+
+def write_curves(result, plots_dir):
+    """Per-step training rows and per-validation rows as CSV for ``dvc plots``."""
+    plots_dir = Path(plots_dir)
+    train_columns = ["step", "loss", "lr"] + (["t"] if result.history and "t" in result.history[0] else [])
+    write_csv(plots_dir / "train.csv", result.history, train_columns)
+    val_columns = ["step"] + [k for k in ("val_loss", "val_kl", "val_ppl") if result.evals and k in result.evals[0]]
+    write_csv(plots_dir / "val.csv", result.evals, val_columns)
+
+
+def require_finished(result, steps):
+    if not result.finished:
+        done = result.history[-1]["step"] if result.history else 0
+        raise StageError(f"stopped at step {done} of {steps} (stop_after); set resume: true and rerun to continue")

@@ -1,0 +1,97 @@
+"""What a training step minimises: the student's loss on a batch of packed rows, summed over kept tokens.
+
+One class serves both training stages: with no teacher and ``ce_weight=1`` it is plain language
+modelling (how the tiny default teacher is trained); with a teacher it is distillation with any
+divergence of ``taid.losses``, TAID's t supplied per step by the trainer.
+"""
+import math
+
+import torch
+
+from taid.chunked import LossSpec, chunked_loss
+from taid.losses import forward_kl, get_loss, loss_params
+
+
+def final_hidden(model, batch):
+    """Final (post-norm) hidden states ``[B, L, H]``, through the model's own forward (DDP/FSDP-safe);
+    only one position's logits are materialised, the LM head is applied chunk by chunk later."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                output_hidden_states=True, logits_to_keep=1, use_cache=False)
+    return out.hidden_states[-1]
+
+
+def lm_head_weight(model):
+    head = _unwrap(model).get_output_embeddings()
+    if getattr(head, "bias", None) is not None:
+        raise ValueError("LM heads with a bias are not supported by the chunked loss")
+    return head.weight
+
+
+class Objective:
+    def __init__(self, loss="taid", loss_config=None, teacher=None, n_shared=None, ce_weight=0.0, chunk_size=1024):
+        if ce_weight < 1.0 and teacher is None:
+            raise ValueError(f"loss {loss!r} needs a teacher (or ce_weight=1 for cross-entropy only)")
+        self.loss_name = loss
+        self.loss_fn = get_loss(loss) if ce_weight < 1.0 else None
+        self.loss_config = dict(loss_config or {})
+        self.teacher, self.n_shared = teacher, n_shared
+        self.ce_weight, self.chunk_size = float(ce_weight), int(chunk_size)
+        self.uses_t = self.loss_fn is not None and "t" in loss_params(loss, {**self.loss_config, "t": 0.0})
+
+    @classmethod
+    def language_modelling(cls, chunk_size=1024):
+        return cls(loss=None, ce_weight=1.0, chunk_size=chunk_size)
+
+    def spec(self, t=None):
+        kwargs = {}
+        if self.loss_fn is not None:
+            kwargs = loss_params(self.loss_name, {**self.loss_config, **({"t": t} if self.uses_t else {})})
+        return LossSpec(self.loss_fn, kwargs, self.n_shared, self.ce_weight)
+
+    def loss_sum(self, student, batch, t=None, spec=None):
+        """Summed loss over the batch's kept tokens, and their count."""
+        spec = spec or self.spec(t)
+        mask = batch["mask"]
+        hidden = final_hidden(student, batch)[:, :-1][mask]          # [N_kept, H]
+        teacher_hidden = teacher_head = None
+        if spec.needs_teacher:
+            with torch.no_grad():
+                teacher_hidden = final_hidden(self.teacher, batch)[:, :-1][mask]
+            teacher_head = lm_head_weight(self.teacher)
+        labels = batch["labels"][mask]
+        keep = torch.ones_like(labels, dtype=torch.bool)
+        head = lm_head_weight(student)
+        if self.chunk_size > 0:
+            loss = chunked_loss(spec, hidden, head, teacher_hidden, teacher_head, labels, keep, self.chunk_size)
+        else:
+            teacher_logits = teacher_hidden @ teacher_head.T if spec.needs_teacher else None
+            loss = spec(hidden @ head.T, teacher_logits, labels, keep)
+        return loss, int(mask.sum())
+
+    @torch.no_grad()
+    def eval_sums(self, student, batches):
+        """Summed validation CE, summed KL(teacher ‖ student) (0 without a teacher) and the token count,
+        as one tensor so that ranks can add theirs up before ``summarise_eval``."""
+        ce_spec = LossSpec(None, ce_weight=1.0)
+        kl_spec = LossSpec(forward_kl, {}, self.n_shared, 0.0) if self.teacher is not None else None
+        sums = torch.zeros(3, dtype=torch.float64)
+        for batch in batches:
+            ce, n = self.loss_sum(student, batch, spec=ce_spec)
+            sums[0] += float(ce)
+            sums[2] += n
+            if kl_spec is not None:
+                sums[1] += float(self.loss_sum(student, batch, spec=kl_spec)[0])
+        return sums
+
+
+def summarise_eval(sums, with_teacher):
+    ce_total, kl_total, n_tokens = (float(x) for x in sums)
+    n = max(n_tokens, 1)
+    metrics = {"val_loss": ce_total / n, "val_ppl": math.exp(min(ce_total / n, 50.0)), "val_tokens": int(n_tokens)}
+    if with_teacher:
+        metrics["val_kl"] = kl_total / n
+    return metrics
+
+
+def _unwrap(model):
+    return getattr(model, "module", model)

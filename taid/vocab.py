@@ -1,0 +1,44 @@
+"""Teacher and student must speak the same tokenizer; their output layers may still differ in size.
+
+Qwen2.5 32B/72B have 152,064 output rows and 0.5B/1.5B/3B have 151,936, over one tokenizer of 151,665
+entries: the extra rows are padding no text ever maps to. Distributions are therefore compared over
+the tokenizer's ids only, after checking both sides use the very same tokenizer.
+"""
+import hashlib
+import json
+
+
+class TokenizerMismatchError(ValueError):
+    pass
+
+
+def tokenizer_fingerprint(tokenizer):
+    """A hash of everything that decides token ids: the vocabulary and the special tokens."""
+    payload = {
+        "vocab": sorted(tokenizer.get_vocab().items()),
+        "special": sorted((str(k), str(v)) for k, v in tokenizer.special_tokens_map.items()),
+    }
+    return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()
+
+
+def check_same_tokenizer(teacher_tokenizer, student_tokenizer, teacher_name, student_name):
+    teacher_hash = tokenizer_fingerprint(teacher_tokenizer)
+    student_hash = tokenizer_fingerprint(student_tokenizer)
+    if teacher_hash != student_hash:
+        raise TokenizerMismatchError(
+            f"teacher tokenizer ({teacher_name}, {len(teacher_tokenizer)} entries, sha256 {teacher_hash[:12]}) "
+            f"differs from the student tokenizer ({student_name}, {len(student_tokenizer)} entries, "
+            f"sha256 {student_hash[:12]}); distillation compares distributions id by id and needs one tokenizer"
+        )
+
+
+def shared_vocab_size(tokenizer, teacher_output_size, student_output_size):
+    """How many leading output rows the two models share: the tokenizer's ids."""
+    n_ids = len(tokenizer)
+    for side, size in (("teacher", teacher_output_size), ("student", student_output_size)):
+        if size < n_ids:
+            raise TokenizerMismatchError(
+                f"the {side} has {size} output rows but the tokenizer has {n_ids} ids; "
+                "every token id needs an output row"
+            )
+    return n_ids
