@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# dvc.yaml's commands say `python`: the venv's, for `make repro` and for the tests that run dvc
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: install repro test clean
 
