@@ -30,7 +30,7 @@ class LossSpec:
         """Summed loss over kept tokens; the caller divides once by the step's token count."""
         total = student_logits.new_zeros((), dtype=torch.float32)
         if self.needs_teacher:
-            n = self.n_shared or student_logits.shape[-1]
+            n = student_logits.shape[-1] if self.n_shared is None else self.n_shared
             divergence = self.loss_fn(
                 student_logits[..., :n], teacher_logits[..., :n], mask, **self.loss_kwargs, reduction="sum"
             )
@@ -58,7 +58,7 @@ class _ChunkedLoss(torch.autograd.Function):
         grad_hidden = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
         grad_head = torch.zeros_like(head, dtype=torch.float32) if ctx.needs_input_grad[1] else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        n_teacher = spec.n_shared or head.shape[0]
+        n_teacher = head.shape[0] if spec.n_shared is None else spec.n_shared
         for start in range(0, hidden.shape[0], chunk_size):
             rows = slice(start, start + chunk_size)
             teacher_logits = None

@@ -37,6 +37,8 @@ def load_packed(path):
 
 def sample_order(n_rows, seed, start, count):
     """Row ids ``start .. start + count`` of an endless stream of seeded per-epoch permutations."""
+    if n_rows < 1:
+        raise ValueError("no rows to sample from: the training split is empty")
     rows = []
     position = start
     while len(rows) < count:

@@ -29,6 +29,8 @@ def lm_head_weight(model):
 
 class Objective:
     def __init__(self, loss="taid", loss_config=None, teacher=None, n_shared=None, ce_weight=0.0, chunk_size=1024):
+        if not 0.0 <= ce_weight <= 1.0:
+            raise ValueError(f"ce_weight must be in [0, 1], got {ce_weight}")
         if ce_weight < 1.0 and teacher is None:
             raise ValueError(f"loss {loss!r} needs a teacher (or ce_weight=1 for cross-entropy only)")
         self.loss_name = loss

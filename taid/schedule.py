@@ -12,6 +12,8 @@ class TAIDSchedule:
     def __init__(self, t_start=0.4, t_end=1.0, alpha=5e-4, beta=0.99, total_steps=1, adaptive=True):
         if not 0.0 <= t_start <= t_end <= 1.0:
             raise ValueError(f"need 0 <= t_start <= t_end <= 1, got t_start={t_start}, t_end={t_end}")
+        if alpha < 0 or not 0.0 <= beta < 1.0:
+            raise ValueError(f"need alpha >= 0 and 0 <= beta < 1, got alpha={alpha}, beta={beta}")
         if total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
         self.t_start, self.t_end = float(t_start), float(t_end)
