@@ -64,16 +64,19 @@ class _ChunkedLoss(torch.autograd.Function):
             teacher_logits = None
             if spec.needs_teacher:
                 teacher_logits = teacher_hidden[rows] @ teacher_head[:n_teacher].T
+            logits = hidden[rows] @ head.T
+            if grad_hidden is None and grad_head is None:  # validation: the value alone
+                total += spec(logits, teacher_logits, labels[rows], mask[rows])
+                continue
             with torch.enable_grad():
-                h = hidden[rows].detach().requires_grad_(grad_hidden is not None)
-                w = head.detach().requires_grad_(grad_head is not None)
-                loss = spec(h @ w.T, teacher_logits, labels[rows], mask[rows])
-                wanted = [x for x in (h, w) if x.requires_grad]
-                grads = iter(torch.autograd.grad(loss, wanted)) if wanted else iter(())
+                logits.requires_grad_()
+                loss = spec(logits, teacher_logits, labels[rows], mask[rows])
+                (grad_logits,) = torch.autograd.grad(loss, logits)
+            # the two matmuls of the LM head's backward, by hand: no [V, H] temporary per chunk
             if grad_hidden is not None:
-                grad_hidden[rows] = next(grads)
+                grad_hidden[rows] = (grad_logits @ head).to(grad_hidden.dtype)
             if grad_head is not None:
-                grad_head += next(grads)
+                grad_head.addmm_(grad_logits.T.float(), hidden[rows].float())
             total += loss.detach()
         ctx.head_dtype = head.dtype
         ctx.save_for_backward(grad_hidden, grad_head)
