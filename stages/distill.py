@@ -6,6 +6,7 @@ KL(teacher ‖ student), perplexity, final t) and per-step curves for ``dvc plot
 import json
 from pathlib import Path
 
+from accelerate import PartialState
 from transformers import AutoTokenizer
 
 from stages.common import StageError, section, stage_main, write_json
@@ -71,6 +72,8 @@ def run(args, params):
     result, student = train(student, objective, train_rows, valid_rows, cfg, schedule=schedule,
                             checkpoint_dir=args.checkpoints, describe=describe)
     require_finished(result, cfg.steps)
+    if not PartialState().is_main_process:  # under accelerate launch, one process writes
+        return
     save_model(student, tokenizer, args.out)
     write_curves(result, args.plots)
     final, first = result.evals[-1], result.evals[0]

@@ -5,6 +5,7 @@ Real recipe (a hub id or local path): resolve it, check its tokenizer is the pip
 identity. Either way ``<out>/teacher.json`` says where the teacher lives and what it is, and the
 distill stage refuses a teacher that no longer matches it.
 """
+from accelerate import PartialState
 from transformers import AutoTokenizer
 
 from stages.common import StageError, atomic_dir, section, stage_main, write_json
@@ -15,16 +16,18 @@ from taid.trainer import train
 from taid.vocab import check_same_tokenizer
 
 
-def train_teacher(settings, seed, tokenizer, data_dir, out_dir):
+def train_teacher(settings, seed, tokenizer, data_dir, out_dir, checkpoint_dir):
     cfg = train_config(settings["train"], seed, "teacher")
     train_rows, valid_rows = load_prepared(data_dir, tokenizer)
     model = load_model(settings["model"], tokenizer, seed=seed)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"teacher: training {settings['model']} ({n_params / 1e6:.2f}M parameters) for {cfg.steps} steps")
     objective = Objective.language_modelling(chunk_size=cfg.loss_chunk_size)
-    result, model = train(model, objective, train_rows, valid_rows, cfg,
+    result, model = train(model, objective, train_rows, valid_rows, cfg, checkpoint_dir=checkpoint_dir,
                           describe={"model": settings["model"]})
     require_finished(result, cfg.steps)
+    if not PartialState().is_main_process:  # under accelerate launch, one process writes
+        return None
     identity = {**model_identity(out_dir, model.config, tokenizer), "dtype": "float32"}
     save_model(model, tokenizer, out_dir, {"teacher.json": identity})
     return {**result.evals[-1], "n_params": n_params}
@@ -50,16 +53,19 @@ def add_arguments(parser):
     parser.add_argument("--data", required=True, help="prepared data directory (stage prepare)")
     parser.add_argument("--out", required=True, help="teacher directory to write")
     parser.add_argument("--metrics", required=True, help="metrics JSON to write")
+    parser.add_argument("--checkpoints", default="checkpoints/teacher", help="checkpoint directory for resume")
 
 
 def run(args, params):
     settings = section(params, "teacher")
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     if is_config_file(settings["model"]):
-        metrics = train_teacher(settings, params.get("seed", 0), tokenizer, args.data, args.out)
+        metrics = train_teacher(settings, params.get("seed", 0), tokenizer, args.data, args.out,
+                                args.checkpoints)
     else:
         metrics = resolve_teacher(settings, tokenizer, args.tokenizer, args.out)
-    write_json(args.metrics, metrics)
+    if metrics is not None:
+        write_json(args.metrics, metrics)
 
 
 if __name__ == "__main__":

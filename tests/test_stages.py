@@ -66,7 +66,7 @@ def pipeline(tmp_path_factory):
     tokenizer.run(Namespace(out=paths.tokenizer), params)
     prepare.run(Namespace(tokenizer=paths.tokenizer, out=paths.data), params)
     teacher.run(Namespace(tokenizer=paths.tokenizer, data=paths.data, out=paths.teacher,
-                          metrics=root / "teacher.json"), params)
+                          metrics=root / "teacher.json", checkpoints=root / "teacher-checkpoints"), params)
     return paths
 
 
@@ -124,7 +124,7 @@ def test_real_recipe_path_loads_teacher_student_and_tokenizer_from_local_directo
                       teacher=tmp_path / "teacher")
     tokenizer.run(Namespace(out=paths.tokenizer), params)
     teacher.run(Namespace(tokenizer=paths.tokenizer, data=paths.data, out=paths.teacher,
-                          metrics=tmp_path / "teacher.json"), params)
+                          metrics=tmp_path / "teacher.json", checkpoints=None), params)
     record = json.loads((paths.teacher / "teacher.json").read_text())
     assert record["source"] == str(pipeline.teacher) and record["output_size"] == len(tok)
     assert sorted(p.name for p in paths.teacher.iterdir()) == ["teacher.json"]  # no copy of the weights

@@ -1,0 +1,1 @@
+"""Japanese benchmarks (Swallow evaluation conventions) on Hugging Face and GGUF models."""
