@@ -4,6 +4,7 @@ Default: train a SentencePiece BPE model (byte fallback, ~8k pieces) on the NFKC
 and save it as a Hugging Face tokenizer directory (with its ``tokenizer.model`` for GGUF export).
 Real recipe: ``tokenizer.source`` names the teacher's hub id or local path, whose tokenizer is copied.
 """
+import io
 import tempfile
 from pathlib import Path
 
@@ -19,26 +20,24 @@ CHAT_PIECES = ["<|im_start|>", "<|im_end|>"]   # ChatML markers, for the instruc
 def train_sentencepiece(texts, vocab_size, out_dir, threads=2):
     """Train SentencePiece BPE on ``texts`` and return it as a Hugging Face tokenizer saved in ``out_dir``."""
     lines = (line for text in texts for line in text.splitlines() if line.strip())
+    model = io.BytesIO()  # written in memory: a model_prefix path would be recorded in the model's bytes
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=lines, model_writer=model, vocab_size=vocab_size,
+        model_type="bpe", byte_fallback=True, split_digits=True, character_coverage=0.9995,
+        # text is NFKC-normalised before it reaches the tokenizer; identity keeps the HF
+        # tokenizer and SentencePiece in exact agreement (newlines included)
+        normalization_rule_name="identity", remove_extra_whitespaces=False,
+        pad_id=0, unk_id=1, bos_id=2, eos_id=3, user_defined_symbols=CHAT_PIECES,
+        num_threads=threads, minloglevel=2,
+    )
     with tempfile.TemporaryDirectory() as scratch:
-        prefix = Path(scratch) / "tokenizer"
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=lines, model_prefix=str(prefix), vocab_size=vocab_size,
-            model_type="bpe", byte_fallback=True, split_digits=True, character_coverage=0.9995,
-            # text is NFKC-normalised before it reaches the tokenizer; identity keeps the HF
-            # tokenizer and SentencePiece in exact agreement (newlines included)
-            normalization_rule_name="identity", remove_extra_whitespaces=False,
-            pad_id=0, unk_id=1, bos_id=2, eos_id=3, user_defined_symbols=CHAT_PIECES,
-            num_threads=threads, minloglevel=2,
-        )
-        model_dir = Path(scratch) / "hf"
-        model_dir.mkdir()
-        (model_dir / "tokenizer.model").write_bytes(prefix.with_suffix(".model").read_bytes())
+        (Path(scratch) / "tokenizer.model").write_bytes(model.getvalue())
         tokenizer = LlamaTokenizer.from_pretrained(
-            model_dir, pad_token=SPECIAL_PIECES["pad"], unk_token=SPECIAL_PIECES["unk"],
+            scratch, pad_token=SPECIAL_PIECES["pad"], unk_token=SPECIAL_PIECES["unk"],
             bos_token=SPECIAL_PIECES["bos"], eos_token=SPECIAL_PIECES["eos"], add_bos_token=False,
         )
-        tokenizer.save_pretrained(out_dir)
-        (Path(out_dir) / "tokenizer.model").write_bytes(prefix.with_suffix(".model").read_bytes())
+    tokenizer.save_pretrained(out_dir)
+    (Path(out_dir) / "tokenizer.model").write_bytes(model.getvalue())
     return tokenizer
 
 

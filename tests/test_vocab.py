@@ -67,3 +67,11 @@ def test_teacher_and_student_with_qwen25_output_sizes_train_through_the_alignmen
     assert not torch.equal(after[:n_shared], before[:n_shared])
     assert torch.equal(after[n_shared:], before[n_shared:])
     assert result.evals[-1]["val_kl"] < result.evals[0]["val_kl"]
+
+
+def test_the_trained_tokenizer_is_byte_identical_run_to_run(tmp_path):
+    """DVC hashes the tokenizer directory: a path or timestamp inside it would rerun every later stage."""
+    for name in ("a", "b"):
+        train_sentencepiece(TEXT, 320, tmp_path / name)
+    for path in sorted((tmp_path / "a").iterdir()):
+        assert path.read_bytes() == (tmp_path / "b" / path.name).read_bytes(), path.name
