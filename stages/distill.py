@@ -10,7 +10,10 @@ from accelerate import PartialState
 from transformers import AutoTokenizer
 
 from stages.common import StageError, section, stage_main, write_json
-from stages.training import load_prepared, require_finished, save_model, train_config, write_curves
+from stages.training import (
+    add_training_arguments, load_prepared, require_finished,
+    save_model, train_config, write_curves,
+)
 from taid.models import config_hash, is_config_file, load_model
 from taid.objective import Objective
 from taid.schedule import TAIDSchedule
@@ -43,13 +46,9 @@ def output_size(model):
 
 
 def add_arguments(parser):
-    parser.add_argument("--tokenizer", required=True, help="tokenizer directory (stage tokenizer)")
-    parser.add_argument("--data", required=True, help="prepared data directory (stage prepare)")
+    add_training_arguments(parser, "distill", "student model")
     parser.add_argument("--teacher", required=True, help="teacher directory (stage teacher)")
-    parser.add_argument("--out", required=True, help="student model directory to write")
-    parser.add_argument("--metrics", required=True, help="metrics JSON to write")
     parser.add_argument("--plots", required=True, help="directory for the training curves")
-    parser.add_argument("--checkpoints", default="checkpoints/distill", help="checkpoint directory for resume")
 
 
 def run(args, params):

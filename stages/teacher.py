@@ -9,7 +9,10 @@ from accelerate import PartialState
 from transformers import AutoTokenizer
 
 from stages.common import StageError, atomic_dir, section, stage_main, write_json
-from stages.training import load_prepared, require_finished, save_model, train_config
+from stages.training import (
+    add_training_arguments, load_prepared, require_finished,
+    save_model, train_config,
+)
 from taid.models import config_for, is_config_file, load_model, model_identity
 from taid.objective import Objective
 from taid.trainer import train
@@ -49,11 +52,7 @@ def resolve_teacher(settings, tokenizer, tokenizer_dir, out_dir):
 
 
 def add_arguments(parser):
-    parser.add_argument("--tokenizer", required=True, help="tokenizer directory (stage tokenizer)")
-    parser.add_argument("--data", required=True, help="prepared data directory (stage prepare)")
-    parser.add_argument("--out", required=True, help="teacher directory to write")
-    parser.add_argument("--metrics", required=True, help="metrics JSON to write")
-    parser.add_argument("--checkpoints", default="checkpoints/teacher", help="checkpoint directory for resume")
+    add_training_arguments(parser, "teacher", "teacher")
 
 
 def run(args, params):

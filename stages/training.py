@@ -8,6 +8,15 @@ from taid.trainer import TrainConfig
 from taid.vocab import tokenizer_fingerprint
 
 
+def add_training_arguments(parser, stage, model_kind):
+    """The paths every training stage takes: its inputs, its model and metrics out, its checkpoints."""
+    parser.add_argument("--tokenizer", required=True, help="tokenizer directory (stage tokenizer)")
+    parser.add_argument("--data", required=True, help="prepared data directory (stage prepare)")
+    parser.add_argument("--out", required=True, help=f"{model_kind} directory to write")
+    parser.add_argument("--metrics", required=True, help="metrics JSON to write")
+    parser.add_argument("--checkpoints", default=f"checkpoints/{stage}", help="checkpoint directory for resume")
+
+
 def load_prepared(data_dir, tokenizer):
     """The packed train and validation rows, checked to be tokenized by ``tokenizer``."""
     data_dir = Path(data_dir)

@@ -72,8 +72,8 @@ def train(model, objective, train_rows, valid_rows, cfg, *, schedule=None, check
     """Train ``model`` on packed ``train_rows`` with ``objective``; see the module docstring."""
     accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.precision))
     torch.manual_seed(cfg.seed)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    if cfg.gradient_checkpointing:  # renamed in later transformers 5 releases
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     lr_schedule = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)

@@ -95,3 +95,11 @@ def test_training_lowers_the_kl_to_the_teacher():
     result, _, _ = run(tiny_qwen2(seed=2), rows, steps=15, eval_every=5)
     kls = [e["val_kl"] for e in result.evals]
     assert kls[-1] < 0.8 * kls[0]
+
+
+def test_gradient_checkpointing_changes_memory_not_the_result(rows):
+    student = tiny_qwen2(seed=2, layers=2)
+    _, plain, _ = run(copy.deepcopy(student), rows, steps=3)
+    _, checkpointed, _ = run(copy.deepcopy(student), rows, steps=3, gradient_checkpointing=True)
+    assert checkpointed.is_activation_checkpointing
+    assert_same_weights(plain, checkpointed)
