@@ -18,7 +18,8 @@ class StageError(Exception):
 
 
 def stage_main(name, description, add_arguments, run):
-    """Parse arguments, run the stage, print its wall time; turn known failures into a clear message."""
+    """Parse arguments, run the stage, print its wall time; turn known failures into a clear message
+    (set TSUBAME_TRACEBACK=1 to see the traceback instead)."""
     parser = argparse.ArgumentParser(prog=f"python -m stages.{name}", description=description)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     add_arguments(parser)
@@ -27,6 +28,8 @@ def stage_main(name, description, add_arguments, run):
     try:
         run(args, load_params(args.params))
     except (StageError, ValueError, FileNotFoundError, RuntimeError) as error:
+        if os.environ.get("TSUBAME_TRACEBACK"):
+            raise
         print(f"stage {name} failed: {error}", file=sys.stderr)
         sys.exit(1)
     print(f"stage {name}: done in {time.perf_counter() - started:.1f} s")
