@@ -116,6 +116,7 @@ def pack_corpus(folder, tokenizer, out, seq_len, seed, valid_fraction, weights):
     if seq_len < 2:
         raise ValueError(f"seq_len must be >= 2, got {seq_len}")
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     streams = {split: TokenStream(out / f".{split}.tokens", tokenizer.eos_token_id) for split in ("train", "valid")}
     pairs = assign(shard_documents(folder, seed), seed, valid_fraction, weights)
     for split, tokens in tokenize(tokenizer, pairs):

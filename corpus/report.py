@@ -60,7 +60,7 @@ def _add_block(report, block):
             if key.startswith("bad_"):
                 reason = key.removeprefix("bad_")
                 report["bad_input"][reason] = report["bad_input"].get(reason, 0) + _value(block, key)
-    elif "dropped" in block.stats:
+    elif "FILTER" in block.name or name in ("normalise", *DEDUP_BLOCKS.values()):
         report["removed"][name] = report["removed"].get(name, 0) + _value(block, "dropped")
         reasons = {k.removeprefix("dropped_"): _value(block, k) for k in block.stats if k.startswith("dropped_")}
         report["reasons"].update(reasons or {name: _value(block, "dropped")})

@@ -3,9 +3,9 @@ import re
 import unicodedata
 from collections import Counter
 
-# Cc and Cf characters other than newline and tab: NUL, escape codes, zero-width and bidi marks
-_CONTROL = re.compile(r"[^\S\n\t ]|[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
-_SPACES = re.compile(r"[ \t\u3000]+")
+# invisible characters, removed: C0/C1 controls other than tab, newline and the like; zero-width and bidi marks
+_INVISIBLE = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
+_SPACES = re.compile(r"[^\S\n]+")   # any run of whitespace but newlines (tabs, CR, ideographic space) → " "
 _BLANK_RUNS = re.compile(r"\n{3,}")
 
 
@@ -17,9 +17,9 @@ def extract_html(html):
 
 
 def normalise_text(text, boilerplate=()):
-    """NFKC; control characters removed; runs of spaces collapsed; lines matching a boilerplate pattern and
-    trailing blanks dropped; at most one blank line between paragraphs."""
-    text = _CONTROL.sub(" ", unicodedata.normalize("NFKC", text))
+    """NFKC; invisible characters removed; runs of spaces collapsed, lines stripped; lines matching a
+    boilerplate pattern dropped; at most one blank line between paragraphs."""
+    text = _INVISIBLE.sub("", unicodedata.normalize("NFKC", text))
     lines = (_SPACES.sub(" ", line).strip() for line in text.split("\n"))
     kept = [line for line in lines if not any(pattern.search(line) for pattern in boilerplate)]
     return _BLANK_RUNS.sub("\n\n", "\n".join(kept)).strip()
