@@ -2,8 +2,10 @@
 from datatrove.pipeline.dedup import (ExactDedupConfig, ExactDedupFilter, ExactDedupSignature, ExactFindDedups,
                                       MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter,
                                       MinhashDedupSignature)
-from datatrove.utils.text import TextNormConfig
+from datatrove.utils.text import TextNormConfig, simplify_text
 from datatrove.utils.word_tokenizers import WordTokenizer
+
+from corpus.text import char_ngram_keys
 
 
 class CharacterTokenizer(WordTokenizer):
@@ -19,6 +21,18 @@ class CharacterTokenizer(WordTokenizer):
         return [(i, i + 1) for i, ch in enumerate(text) if not ch.isspace()]
 
 
+class CharMinhashSignature(MinhashDedupSignature):
+    """datatrove's MinHash signatures over character n-grams, hashed in numpy rather than one Python call
+    per n-gram (the signature step's hot loop)."""
+
+    def __init__(self, output_folder, config):
+        super().__init__(output_folder=output_folder, config=config, language=CharacterTokenizer())
+
+    def get_shingles(self, text):
+        simplified = "".join(simplify_text(text, self.config.norm_config).split())
+        return char_ngram_keys(simplified, self.config.n_grams).reshape((-1, 1))
+
+
 def document_text(doc):
     return doc.text
 
@@ -27,8 +41,10 @@ EXACT_CONFIG = ExactDedupConfig(content_getter=document_text)
 
 
 def minhash_config(n_grams=5, num_buckets=14, hashes_per_bucket=8, seed=1):
-    # digits stay: dates and sums that differ only in their numbers are different documents
-    norm = TextNormConfig(lowercase=True, norm_whitespace=True, remove_punctuation=True, norm_numbers=False)
+    # digits stay: dates and sums that differ only in their numbers are different documents; diacritics
+    # stay: stripping combining marks after NFD would merge が into か
+    norm = TextNormConfig(lowercase=True, norm_whitespace=True, remove_punctuation=True, norm_numbers=False,
+                          norm_unicode_diacritics=False)
     return MinhashConfig(n_grams=n_grams, num_buckets=num_buckets, hashes_per_bucket=hashes_per_bucket, seed=seed,
                          norm_config=norm)
 
@@ -46,7 +62,7 @@ def exact_filter(duplicates, exclusion_writer):
 
 
 def minhash_signature(folder, config):
-    return MinhashDedupSignature(output_folder=str(folder), config=config, language=CharacterTokenizer())
+    return CharMinhashSignature(output_folder=str(folder), config=config)
 
 
 def minhash_buckets(signatures, buckets, config):

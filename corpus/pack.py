@@ -3,12 +3,11 @@
 Memory stays bounded by one shard: shards are visited in a seeded order, each shard's documents shuffled
 with a seed, and tokens are streamed to disk before being laid out as ``[n, seq_len]`` rows.
 """
-import gzip
-import json
 import math
 from pathlib import Path
 
 import numpy as np
+import orjson
 import xxhash
 from numpy.lib.format import open_memmap
 
@@ -76,10 +75,10 @@ class TokenStream:
 
 def shard_documents(folder, seed):
     """(text, source) of every document, shards in a seeded order, documents shuffled within each shard."""
-    shards = sorted(Path(folder).glob("*.jsonl.gz"))
+    shards = sorted(Path(folder).glob("*.jsonl"))
     for index in np.random.default_rng([seed, 0]).permutation(len(shards)):
-        with gzip.open(shards[index], "rt", encoding="utf-8") as f:
-            documents = [json.loads(line) for line in f]
+        with shards[index].open("rb") as f:
+            documents = [orjson.loads(line) for line in f]
         for i in np.random.default_rng([seed, 1, int(index)]).permutation(len(documents)):
             yield documents[i]["text"], documents[i].get("metadata", {}).get("source")
 

@@ -27,13 +27,15 @@ class ShardReader(JsonlReader):
     dedup signatures that step computed."""
 
     def run(self, data=None, rank=0, world_size=1):
-        name = f"{rank:05d}.jsonl.gz"
+        name = f"{rank:05d}.jsonl"
         if self.data_folder.isfile(name):
             yield from self.read_file(name)
 
 
-def shard_writer(folder):
-    return JsonlWriter(str(folder), output_filename="${rank}.jsonl.gz")
+def shard_writer(folder, compression=None):
+    """Intermediate shards stay uncompressed (read again at once); exclusion folders are gzipped."""
+    suffix = ".gz" if compression == "gzip" else ""
+    return JsonlWriter(str(folder), output_filename="${rank}.jsonl" + suffix, compression=compression)
 
 
 def readers(sources, bad_input):
@@ -69,7 +71,7 @@ def quality_filters(settings, excluded):
     """The enabled filters in order, each with its numbered exclusion folder; and why any was skipped."""
     blocks, notes = [], []
     for number, (name, keywords) in enumerate(settings.items(), start=1):
-        writer = shard_writer(excluded / f"{number:02d}_{name}")
+        writer = shard_writer(excluded / f"{number:02d}_{name}", "gzip")
         if name == "language":
             block, note = _language_filter(keywords, writer)
             notes += [note] if note else []
@@ -103,7 +105,7 @@ def build_steps(corpus, work):
         steps += [("filter", head + [dedup.exact_signature(work / "exact/sigs")], tasks),
                   ("exact_find", [dedup.exact_find(work / "exact/sigs", work / "exact/dups")], 1)]
         exact_step = [ShardReader(str(current)),
-                      dedup.exact_filter(work / "exact/dups", shard_writer(work / "excluded/exact_dedup")),
+                      dedup.exact_filter(work / "exact/dups", shard_writer(work / "excluded/exact_dedup", "gzip")),
                       shard_writer(work / "unique")]
         current = work / "unique"
     else:
@@ -121,7 +123,7 @@ def build_steps(corpus, work):
                                                              config)], 1),
                   ("minhash_filter", [ShardReader(str(current)),
                                       dedup.minhash_filter(work / "minhash/clusters",
-                                                           shard_writer(work / "excluded/near_dedup")),
+                                                           shard_writer(work / "excluded/near_dedup", "gzip")),
                                       shard_writer(work / "deduped")], tasks)]
         current = work / "deduped"
     elif exact_step:

@@ -5,6 +5,8 @@ line of the first few are written to ``<report_folder>/<source>-<rank>.json`` fo
 """
 import json
 
+import orjson
+
 from datatrove.io import get_datafolder
 from datatrove.pipeline.readers import JsonlReader, ParquetReader
 from datatrove.pipeline.readers.base import BaseDiskReader
@@ -81,10 +83,10 @@ class JsonlSource(_CountingReader, JsonlReader):
         if not raw.strip():
             return None
         try:
-            record = json.loads(raw.decode("utf-8"))
+            record = orjson.loads(raw.decode("utf-8"))
         except UnicodeDecodeError:
             return self.bad.skip("invalid_utf8", where)
-        except json.JSONDecodeError:
+        except orjson.JSONDecodeError:
             return self.bad.skip("malformed_json", where)
         if not isinstance(record, dict):
             return self.bad.skip("missing_text_field", where)

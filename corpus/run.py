@@ -2,6 +2,7 @@
 import hashlib
 import json
 import shutil
+import time
 from pathlib import Path
 
 from corpus.executors import run_steps
@@ -56,15 +57,18 @@ def run_corpus(corpus, work, tokenizer, out, seq_len):
     check_keys(corpus)
     work = prepare_work_dir(work, corpus)
     steps, final, notes = build_steps(corpus, work)
+    started = time.perf_counter()
     run_steps(steps, work, corpus.get("executor", "local"), corpus.get("workers", 1),
               corpus.get(corpus.get("executor", "local")))
     report = build_report(work, [name for name, _, _ in steps], notes)
+    report["seconds"] = {"clean_filter_dedup": round(time.perf_counter() - started, 2)}
     if report["documents_out"] == 0:
         raise EmptyCorpusError(f"no document is left after filtering and dedup; the most removed by "
                                f"{report['top_remover']} ({report['removed'].get(report['top_remover'], 0)} "
                                f"documents); see {work / 'excluded'}")
     weights = {source["name"]: source.get("weight", 1.0) for source in corpus["sources"]}
-    counts = pack_corpus(final, tokenizer, out, seq_len, corpus.get("seed", 0), corpus.get("valid_fraction", 0.05),
-                         weights)
-    report["splits"] = counts
+    started = time.perf_counter()
+    report["splits"] = pack_corpus(final, tokenizer, out, seq_len, corpus.get("seed", 0),
+                                   corpus.get("valid_fraction", 0.05), weights)
+    report["seconds"]["tokenize_pack"] = round(time.perf_counter() - started, 2)
     return report

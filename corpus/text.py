@@ -1,7 +1,8 @@
 """Pure text helpers: HTML extraction, normalisation, Japanese character classes and repetition measures."""
 import re
 import unicodedata
-from collections import Counter
+
+import numpy as np
 
 # invisible characters, removed: C0/C1 controls other than tab, newline and the like; zero-width and bidi marks
 _INVISIBLE = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
@@ -36,26 +37,33 @@ def compile_patterns(patterns):
     return compiled
 
 
-def is_hiragana(ch):
-    return "\u3041" <= ch <= "\u309f"
-
-
-def is_katakana(ch):
-    return "\u30a0" <= ch <= "\u30ff" or "\u31f0" <= ch <= "\u31ff"
-
-
-def is_kanji(ch):
-    return "\u4e00" <= ch <= "\u9fff" or "\u3400" <= ch <= "\u4dbf" or ch in "々〆"
+HIRAGANA = "\u3041-\u309f"
+KATAKANA = "\u30a0-\u30ff\u31f0-\u31ff"
+KANJI = "\u3400-\u4dbf\u4e00-\u9fff々〆"
+_NOT_HIRAGANA = re.compile(f"[^{HIRAGANA}]+")
+_NOT_JAPANESE = re.compile(f"[^{HIRAGANA}{KATAKANA}{KANJI}]+")
+_WHITESPACE = re.compile(r"\s+")
 
 
 def script_shares(text):
     """(Japanese share, hiragana share) among the non-whitespace characters of ``text``."""
-    chars = [ch for ch in text if not ch.isspace()]
+    chars = len(_WHITESPACE.sub("", text))  # counting by deletion: the regex engine runs in C
     if not chars:
         return 0.0, 0.0
-    hiragana = sum(map(is_hiragana, chars))
-    japanese = hiragana + sum(is_katakana(ch) or is_kanji(ch) for ch in chars)
-    return japanese / len(chars), hiragana / len(chars)
+    return len(_NOT_JAPANESE.sub("", text)) / chars, len(_NOT_HIRAGANA.sub("", text)) / chars
+
+
+def char_ngram_keys(text, n):
+    """One uint64 key per character n-gram of ``text`` (a polynomial hash of the code points, wrapping
+    around 2**64), computed in numpy: the same n-gram always gets the same key."""
+    points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    if len(points) < n:
+        return np.zeros(0, dtype=np.uint64)
+    keys = np.zeros(len(points) - n + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for offset in range(n):
+            keys = keys * np.uint64(0x100000001B3) + points[offset: len(points) - n + 1 + offset]
+    return keys
 
 
 def duplicate_fraction(parts):
@@ -71,10 +79,10 @@ def duplicate_fraction(parts):
 
 def top_ngram_fraction(text, n):
     """Share of characters covered by the most frequent character n-gram (Gopher's top n-gram rule, on
-    characters since Japanese has no spaces): count × n / characters."""
-    chars = "".join(text.split())
-    if len(chars) < n:
+    characters since Japanese has no spaces): count × n / characters; 0 when no n-gram repeats."""
+    chars = _WHITESPACE.sub("", text)
+    keys = char_ngram_keys(chars, n)
+    if len(keys) == 0:
         return 0.0
-    counts = Counter(chars[i: i + n] for i in range(len(chars) - n + 1))
-    _, top = counts.most_common(1)[0]
+    top = int(np.unique(keys, return_counts=True)[1].max())
     return top * n / len(chars) if top > 1 else 0.0

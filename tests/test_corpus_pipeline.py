@@ -49,8 +49,8 @@ def run_pipeline(corpus, work):
     work = prepare_work_dir(work, corpus)
     steps, final, notes = build_steps(corpus, work)
     run_steps(steps, work, workers=corpus["workers"])
-    texts = [json.loads(line)["text"] for path in sorted(final.glob("*.jsonl.gz"))
-             for line in gzip.open(path, "rt", encoding="utf-8")]
+    texts = [json.loads(line)["text"] for path in sorted(final.glob("*.jsonl"))
+             for line in path.open(encoding="utf-8")]
     return texts, build_report(work, [name for name, _, _ in steps], notes)
 
 
@@ -181,7 +181,7 @@ def test_an_interrupted_run_resumes_without_redoing_finished_shards(tmp_path, mo
         run_pipeline(corpus, tmp_path / "work")
     logs = tmp_path / "work/logs/filter"
     assert sorted(p.name for p in (logs / "completions").iterdir()) == ["00000", "00001"]
-    finished = [logs / "stats/00000.json", logs / "stats/00001.json", tmp_path / "work/filtered/00000.jsonl.gz"]
+    finished = [logs / "stats/00000.json", logs / "stats/00001.json", tmp_path / "work/filtered/00000.jsonl"]
     before = [p.stat().st_mtime_ns for p in finished]
 
     monkeypatch.setattr(LengthFilter, "filter", original)
