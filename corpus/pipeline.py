@@ -94,38 +94,35 @@ def _language_filter(keywords, writer):
 
 
 def build_steps(corpus, work):
-    """[(step name, pipeline, tasks)] in order, plus notes on skipped filters."""
+    """[(step name, pipeline, tasks)] in order, the folder of the final shards, and notes on skipped filters.
+
+    A dedup signature block consumes documents, so it closes the step whose writer produced the shard; the
+    next step reads that shard back in the same order (document indexes are what the signatures name)."""
     work, tasks = Path(work), corpus.get("tasks", 1)
     filters, notes = quality_filters(corpus.get("filters", {}), work / "excluded")
-    head = [*readers(corpus["sources"], work / "bad_input"), Normaliser(corpus.get("boilerplate", [])), *filters,
-            shard_writer(work / "filtered")]
     settings = corpus.get("dedup", {})
-    steps, current = [], work / "filtered"
-    if settings.get("exact", True):
-        steps += [("filter", head + [dedup.exact_signature(work / "exact/sigs")], tasks),
-                  ("exact_find", [dedup.exact_find(work / "exact/sigs", work / "exact/dups")], 1)]
-        exact_step = [ShardReader(str(current)),
-                      dedup.exact_filter(work / "exact/dups", shard_writer(work / "excluded/exact_dedup", "gzip")),
-                      shard_writer(work / "unique")]
-        current = work / "unique"
-    else:
-        steps.append(("filter", head, tasks))
-        exact_step = []
     minhash = dict(settings.get("minhash") or {})
+    steps, current = [], work / "filtered"
+    name, blocks = "filter", [*readers(corpus["sources"], work / "bad_input"),
+                              Normaliser(corpus.get("boilerplate", [])), *filters, shard_writer(current)]
+    if settings.get("exact", True):
+        steps += [(name, blocks + [dedup.exact_signature(work / "exact/sigs")], tasks),
+                  ("exact_find", [dedup.exact_find(work / "exact/sigs", work / "exact/dups")], 1)]
+        name, blocks = "exact_filter", [
+            ShardReader(str(current)),
+            dedup.exact_filter(work / "exact/dups", shard_writer(work / "excluded/exact_dedup", "gzip")),
+            shard_writer(work / "unique")]
+        current = work / "unique"
     if minhash.pop("enabled", True):
-        config = dedup.minhash_config(**minhash)
-        sigs = [ShardReader(str(current))] if not exact_step else []
-        steps += [("exact_filter" if exact_step else "minhash_sigs",
-                   exact_step + sigs + [dedup.minhash_signature(work / "minhash/sigs", config)], tasks),
-                  ("minhash_buckets", [dedup.minhash_buckets(work / "minhash/sigs", work / "minhash/buckets", config)],
+        config, folder = dedup.minhash_config(**minhash), work / "minhash"
+        steps += [(name, blocks + [dedup.minhash_signature(folder / "sigs", config)], tasks),
+                  ("minhash_buckets", [dedup.minhash_buckets(folder / "sigs", folder / "buckets", config)],
                    config.num_buckets),
-                  ("minhash_cluster", [dedup.minhash_cluster(work / "minhash/buckets", work / "minhash/clusters",
-                                                             config)], 1),
-                  ("minhash_filter", [ShardReader(str(current)),
-                                      dedup.minhash_filter(work / "minhash/clusters",
-                                                           shard_writer(work / "excluded/near_dedup", "gzip")),
-                                      shard_writer(work / "deduped")], tasks)]
+                  ("minhash_cluster", [dedup.minhash_cluster(folder / "buckets", folder / "clusters", config)], 1)]
+        name, blocks = "minhash_filter", [
+            ShardReader(str(current)),
+            dedup.minhash_filter(folder / "clusters", shard_writer(work / "excluded/near_dedup", "gzip")),
+            shard_writer(work / "deduped")]
         current = work / "deduped"
-    elif exact_step:
-        steps.append(("exact_filter", exact_step, tasks))
+    steps.append((name, blocks, tasks))
     return steps, current, notes
