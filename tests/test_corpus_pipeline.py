@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from corpus.executors import run_steps
+from corpus.executors import make_executor, run_steps
 from corpus.filters import LengthFilter
 from corpus.pack import TokenStream, copies, is_valid, pack_corpus
 from corpus.pipeline import build_steps
@@ -213,3 +213,12 @@ def test_the_stage_stops_with_a_clear_message_when_filtering_leaves_nothing(tmp_
                             cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "stage prepare failed: no document is left" in result.stderr and "length (2 documents)" in result.stderr
+
+
+def test_executors_pass_their_settings_through_and_unknown_kinds_are_refused(tmp_path):
+    slurm = make_executor("slurm", [], 4, str(tmp_path / "logs"), options={"partition": "cpu", "time": "01:00:00"})
+    assert type(slurm).__name__ == "SlurmPipelineExecutor" and (slurm.tasks, slurm.partition) == (4, "cpu")
+    local = make_executor("local", [], 4, str(tmp_path / "local"), workers=8)
+    assert (local.tasks, local.workers) == (4, 4)   # never more workers than tasks
+    with pytest.raises(ValueError, match="must be one of"):
+        make_executor("dask", [], 4, str(tmp_path / "x"))
