@@ -63,7 +63,8 @@ def _add_block(report, block):
     elif "FILTER" in block.name or name in ("normalise", *DEDUP_BLOCKS.values()):
         report["removed"][name] = report["removed"].get(name, 0) + _value(block, "dropped")
         reasons = {k.removeprefix("dropped_"): _value(block, k) for k in block.stats if k.startswith("dropped_")}
-        report["reasons"].update(reasons or {name: _value(block, "dropped")})
+        reasons = reasons or {name: _value(block, "dropped")}
+        report["reasons"].update({reason: count for reason, count in reasons.items() if count})
 
 
 def _bad_input_examples(folder, limit=10):
