@@ -1,56 +1,40 @@
-"""Stage `prepare`: NFKC-normalise, tokenize and pack the corpus into fixed-length training sequences.
+"""Stage `prepare`: the Japanese corpus pipeline (datatrove), then tokenize and pack into training sequences.
 
-Writes ``train.npy`` and ``valid.npy`` (int32 ``[n, seq_len]``, see ``taid.data``) and ``meta.json``
-(sequence length, token counts, the tokenizer's fingerprint) into the output directory.
+Reads the sources of ``corpus`` in params.yaml; normalises, filters, deduplicates (exact and MinHash) in
+``--work`` (resumable: finished shards are kept); splits by document, tokenizes and packs into
+``train.npy`` / ``valid.npy`` (int32 ``[n, seq_len]``, see ``taid.data``) and ``meta.json`` in ``--out``;
+writes the report to ``--report`` and prints its summary.
 """
-import numpy as np
-from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
-from stages.common import DocumentReport, StageError, atomic_dir, read_documents, section, stage_main, write_json
-from taid.data import pack_documents, unpack
+from corpus.report import summary
+from corpus.run import EmptyCorpusError, run_corpus
+from stages.common import StageError, atomic_dir, section, stage_main, write_json
 from taid.vocab import tokenizer_fingerprint
-
-
-def tokenize_documents(tokenizer, texts, batch_size=256):
-    """Token id lists for ``texts`` (no special tokens added), batched for the fast tokenizer."""
-    batch = []
-    for text in texts:
-        batch.append(text)
-        if len(batch) == batch_size:
-            yield from tokenizer(batch, add_special_tokens=False)["input_ids"]
-            batch = []
-    if batch:
-        yield from tokenizer(batch, add_special_tokens=False)["input_ids"]
-
-
-def prepare_split(tokenizer, path, text_field, seq_len, name):
-    report = DocumentReport()
-    texts = tqdm(read_documents(path, text_field, report), desc=f"prepare {name}", unit="doc")
-    packed = pack_documents(tokenize_documents(tokenizer, texts), tokenizer.eos_token_id, seq_len)
-    if report.read == 0:
-        raise StageError(f"{path}: no usable documents ({report.summary()})")
-    print(f"{name}: {report.summary()}; {len(unpack(packed))} tokens in {len(packed)} sequences of {seq_len}")
-    return packed, {"documents": report.read, "skipped": report.skipped, "tokens": int(len(unpack(packed))),
-                    "sequences": int(len(packed))}
 
 
 def add_arguments(parser):
     parser.add_argument("--tokenizer", required=True, help="tokenizer directory (stage tokenizer)")
     parser.add_argument("--out", required=True, help="directory for train.npy, valid.npy and meta.json")
+    parser.add_argument("--work", default="data/corpus", help="working directory of the corpus pipeline")
+    parser.add_argument("--report", default="metrics/corpus.json", help="corpus report (JSON)")
 
 
 def run(args, params):
-    data, seq_len = section(params, "data"), section(params, "prepare")["seq_len"]
+    corpus, seq_len = section(params, "corpus"), section(params, "prepare")["seq_len"]
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     if tokenizer.eos_token_id is None:
         raise StageError(f"tokenizer {args.tokenizer} has no EOS token to separate documents")
-    meta = {"seq_len": seq_len, "eos_id": tokenizer.eos_token_id, "tokenizer_sha256": tokenizer_fingerprint(tokenizer)}
     with atomic_dir(args.out) as out:
-        for name in ("train", "valid"):
-            packed, meta[name] = prepare_split(tokenizer, data[name], data.get("text_field", "text"), seq_len, name)
-            np.save(out / f"{name}.npy", packed)
+        try:
+            report = run_corpus(corpus, args.work, tokenizer, out, seq_len)
+        except EmptyCorpusError as error:
+            raise StageError(str(error)) from None
+        meta = {"seq_len": seq_len, "eos_id": tokenizer.eos_token_id,
+                "tokenizer_sha256": tokenizer_fingerprint(tokenizer), **report["splits"]}
         write_json(out / "meta.json", meta)
+    write_json(args.report, report)
+    print(summary(report))
 
 
 if __name__ == "__main__":

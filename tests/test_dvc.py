@@ -28,7 +28,7 @@ def project(tmp_path_factory):
     repo = tmp_path_factory.mktemp("project")
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy(REPO / name, repo / name)
-    for name in ("stages", "taid", "configs", "data/sample"):
+    for name in ("stages", "taid", "corpus", "configs", "data/sample", "data/fixtures"):
         shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     dvc(repo, "init", "-q")

@@ -38,7 +38,11 @@ def write_corpus(path, n_docs, seed, bad_lines=()):
 
 def write_params(root, **overrides):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["data"].update(train=str(root / "train.jsonl.gz"), valid=str(root / "valid.jsonl.gz"))
+    params["data"]["train"] = str(root / "train.jsonl.gz")
+    params["corpus"].update(sources=[{"name": "test", "type": "jsonl", "path": str(root / "train.jsonl.gz")}],
+                            valid_fraction=0.1)
+    params["corpus"]["filters"]["length"]["min_chars"] = 20
+    params["corpus"]["dedup"]["minhash"]["enabled"] = False  # random picks of 8 sentences are near-duplicates
     params["tokenizer"]["vocab_size"] = 400
     params["prepare"]["seq_len"] = 32
     small = dict(steps=30, batch_size=8, warmup_steps=3, eval_every=10)
@@ -60,11 +64,11 @@ def pipeline(tmp_path_factory):
     """tokenizer → prepare → teacher, once for the module."""
     root = tmp_path_factory.mktemp("pipeline")
     write_corpus(root / "train.jsonl.gz", 300, seed=0, bad_lines=BAD_LINES)
-    write_corpus(root / "valid.jsonl.gz", 20, seed=1)
     params, _ = write_params(root)
     paths = Namespace(root=root, tokenizer=root / "tokenizer", data=root / "prepared", teacher=root / "teacher")
     tokenizer.run(Namespace(out=paths.tokenizer), params)
-    prepare.run(Namespace(tokenizer=paths.tokenizer, out=paths.data), params)
+    prepare.run(Namespace(tokenizer=paths.tokenizer, out=paths.data, work=root / "corpus",
+                          report=root / "corpus.json"), params)
     teacher.run(Namespace(tokenizer=paths.tokenizer, data=paths.data, out=paths.teacher,
                           metrics=root / "teacher.json", checkpoints=root / "teacher-checkpoints"), params)
     return paths
@@ -80,13 +84,18 @@ def run_distill(paths, params, name):
 
 def test_prepare_normalises_packs_with_eos_and_reports_bad_lines(pipeline):
     meta = json.loads((pipeline.data / "meta.json").read_text())
-    assert meta["train"]["documents"] == 300
-    assert meta["train"]["skipped"] == {"malformed JSON": 1, "no text field 'text'": 1, "empty document": 1}
+    report = json.loads((pipeline.root / "corpus.json").read_text())
+    assert report["documents_in"] == 300
+    assert report["bad_input"] == {"malformed_json": 1, "missing_text_field": 1, "empty_document": 1}
+    assert meta["train"]["documents"] + meta["valid"]["documents"] == report["documents_out"]
+    assert meta["valid"]["documents"] > 0
     tok = AutoTokenizer.from_pretrained(pipeline.tokenizer)
-    stream = unpack(np.load(pipeline.data / "train.npy"))
-    assert int((stream == tok.eos_token_id).sum()) == 300
-    first_document = tok.decode(stream[: int(np.argmax(stream == tok.eos_token_id))].tolist())
-    assert first_document.startswith("ABCとカタカナ。")
+    text = ""
+    for split in ("train", "valid"):
+        stream = unpack(np.load(pipeline.data / f"{split}.npy"))
+        assert int((stream == tok.eos_token_id).sum()) == meta[split]["documents"]
+        text += tok.decode(stream.tolist())
+    assert "ABCとカタカナ。" in text and "ＡＢＣ" not in text
 
 
 def test_distill_with_taid_writes_a_loadable_student_metrics_and_curves(pipeline):
@@ -141,7 +150,6 @@ def test_a_teacher_with_another_tokenizer_is_refused_with_a_clear_message(pipeli
     other_root = tmp_path / "other"
     other_root.mkdir()
     write_corpus(other_root / "train.jsonl.gz", 100, seed=5)
-    write_corpus(other_root / "valid.jsonl.gz", 5, seed=6)
     other_params, other_path = write_params(other_root, **{"tokenizer.vocab_size": 380})
     assert stage_command("tokenizer", other_path, "--out", tmp_path / "other-tok").returncode == 0
     _, params_path = write_params(pipeline.root, **{"teacher.model": str(pipeline.teacher)})
