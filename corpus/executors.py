@@ -36,9 +36,12 @@ def make_executor(kind, pipeline, tasks, logging_dir, depends=None, workers=1, o
 
 
 def run_steps(steps, work, kind="local", workers=1, options=None, poll_seconds=30, quiet=True):
-    """Chain the steps (each depends on the one before) and run them; a Slurm submission is waited for, so
-    the stage can pack its output afterwards. ``quiet`` keeps datatrove's per-task console logging out of the
-    stage's output; every task's full log stays in ``<work>/logs/<step>/logs``."""
+    """Chain the steps (each depends on the one before) and run them; a Slurm submission is waited for, at
+    most ``wait_hours`` (an option of its own, default 48), so the stage can pack its output afterwards.
+    ``quiet`` keeps datatrove's per-task console logging out of the stage's output; every task's full log
+    stays in ``<work>/logs/<step>/logs``."""
+    options = dict(options or {})
+    wait_seconds = 3600 * float(options.pop("wait_hours", 48))
     executor = None
     for name, pipeline, tasks in steps:
         executor = make_executor(kind, pipeline, tasks, str(Path(work) / "logs" / name), executor, workers,
@@ -50,5 +53,14 @@ def run_steps(steps, work, kind="local", workers=1, options=None, poll_seconds=3
     finally:
         setup_default_logger()  # back to the real stderr
     if kind == "slurm":
-        while executor.get_incomplete_ranks(skip_completed=True):
-            time.sleep(poll_seconds)
+        _wait_for_slurm(executor, steps[-1][0], work, wait_seconds, poll_seconds)
+
+
+def _wait_for_slurm(executor, last_step, work, wait_seconds, poll_seconds):
+    deadline = time.monotonic() + wait_seconds
+    while incomplete := executor.get_incomplete_ranks(skip_completed=True):
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"Slurm tasks {incomplete[:10]} of step '{last_step}' are still incomplete after "
+                               f"{wait_seconds / 3600:g} h (corpus.slurm.wait_hours); a failed job never completes: "
+                               f"see {Path(work) / 'logs'} and sacct, then rerun to resume")
+        time.sleep(poll_seconds)

@@ -222,3 +222,17 @@ def test_executors_pass_their_settings_through_and_unknown_kinds_are_refused(tmp
     assert (local.tasks, local.workers) == (4, 4)   # never more workers than tasks
     with pytest.raises(ValueError, match="must be one of"):
         make_executor("dask", [], 4, str(tmp_path / "x"))
+
+
+def test_a_slurm_run_that_never_completes_stops_after_its_wait(tmp_path, monkeypatch):
+    class NeverDone:
+        def run(self):
+            pass
+
+        def get_incomplete_ranks(self, skip_completed=True):
+            return [0, 3]
+
+    monkeypatch.setattr("corpus.executors.make_executor", lambda *args, **kwargs: NeverDone())
+    with pytest.raises(RuntimeError, match=r"Slurm tasks \[0, 3\] of step 'dedup' are still incomplete"):
+        run_steps([("read", [], 2), ("dedup", [], 2)], tmp_path, "slurm", options={"wait_hours": 0},
+                  poll_seconds=0)
