@@ -53,36 +53,42 @@ class Objective:
     def loss_sum(self, student, batch, t=None, spec=None):
         """Summed loss over the batch's kept tokens, and their count."""
         spec = spec or self.spec(t)
+        kept = self._kept_states(student, batch, with_teacher=spec.needs_teacher)
+        return self._apply(spec, student, *kept), int(batch["mask"].sum())
+
+    def _kept_states(self, student, batch, with_teacher):
+        """Final hidden states ``[N_kept, H]`` of the student (and teacher) at kept positions, and labels."""
         mask = batch["mask"]
-        hidden = final_hidden(student, batch)[:, :-1][mask]          # [N_kept, H]
-        teacher_hidden = teacher_head = None
-        if spec.needs_teacher:
+        hidden = final_hidden(student, batch)[:, :-1][mask]
+        teacher_hidden = None
+        if with_teacher:
             with torch.no_grad():
                 teacher_hidden = final_hidden(self.teacher, batch)[:, :-1][mask]
-            teacher_head = lm_head_weight(self.teacher)
-        labels = batch["labels"][mask]
+        return hidden, teacher_hidden, batch["labels"][mask]
+
+    def _apply(self, spec, student, hidden, teacher_hidden, labels):
+        teacher_head = lm_head_weight(self.teacher) if spec.needs_teacher else None
         keep = torch.ones_like(labels, dtype=torch.bool)
         head = lm_head_weight(student)
         if self.chunk_size > 0:
-            loss = chunked_loss(spec, hidden, head, teacher_hidden, teacher_head, labels, keep, self.chunk_size)
-        else:
-            teacher_logits = teacher_hidden @ teacher_head.T if spec.needs_teacher else None
-            loss = spec(hidden @ head.T, teacher_logits, labels, keep)
-        return loss, int(mask.sum())
+            return chunked_loss(spec, hidden, head, teacher_hidden, teacher_head, labels, keep, self.chunk_size)
+        teacher_logits = teacher_hidden @ teacher_head.T if spec.needs_teacher else None
+        return spec(hidden @ head.T, teacher_logits, labels, keep)
 
     @torch.no_grad()
     def eval_sums(self, student, batches):
         """Summed validation CE, summed KL(teacher ‖ student) (0 without a teacher) and the token count,
-        as one tensor so that ranks can add theirs up before ``summarise_eval``."""
+        as one tensor so that ranks can add theirs up before ``summarise_eval``. One forward pass of each
+        model per batch serves both sums."""
         ce_spec = LossSpec(None, ce_weight=1.0)
         kl_spec = LossSpec(forward_kl, {}, self.n_shared, 0.0) if self.teacher is not None else None
         sums = torch.zeros(3, dtype=torch.float64)
         for batch in batches:
-            ce, n = self.loss_sum(student, batch, spec=ce_spec)
-            sums[0] += float(ce)
-            sums[2] += n
+            kept = self._kept_states(student, batch, with_teacher=kl_spec is not None)
+            sums[0] += float(self._apply(ce_spec, student, *kept))
+            sums[2] += int(batch["mask"].sum())
             if kl_spec is not None:
-                sums[1] += float(self.loss_sum(student, batch, spec=kl_spec)[0])
+                sums[1] += float(self._apply(kl_spec, student, *kept))
         return sums
 
 
