@@ -46,6 +46,7 @@ import os
 import re
 import shutil
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -454,9 +455,18 @@ class CacheReader:
                                      f"{REBUILD}")
         return path
 
+    @contextmanager
+    def _reading(self, path):
+        try:
+            yield
+        except (OSError, pa.ArrowException) as error:
+            raise CacheMismatchError(f"{path}: unreadable Parquet ({error}); {REBUILD}") from None
+
     def _starts(self, split, shard):
         if (split, shard) not in self._group_starts:
-            metadata = pq.read_metadata(self._path(split, shard))
+            path = self._path(split, shard)
+            with self._reading(path):
+                metadata = pq.read_metadata(path)
             sizes = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
             self._group_starts[split, shard] = [0, *np.cumsum(sizes)[:-1].tolist()]
         return self._group_starts[split, shard]
@@ -467,7 +477,7 @@ class CacheReader:
             self._groups.move_to_end(key)
             return self._groups[key]
         path = self._path(split, shard)
-        with pq.ParquetFile(path) as parquet:
+        with self._reading(path), pq.ParquetFile(path) as parquet:
             table = parquet.read_row_group(group, columns=list(COLUMNS))
         rows = list(zip(*(table[column].to_pylist() for column in COLUMNS)))
         first = shard * self.shard_rows + self._starts(split, shard)[group]

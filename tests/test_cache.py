@@ -304,6 +304,16 @@ def test_reader_names_a_broken_sidecar_and_an_unknown_split(finished):
         CacheReader(finished, IDENTITY)
 
 
+def test_reader_names_a_damaged_shard(finished):
+    shard = finished / "train" / "shard-00000.parquet"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with pytest.raises(CacheMismatchError, match=r"shard-00000.parquet: unreadable Parquet"):
+        CacheReader(finished, IDENTITY).get("train", [0])
+    shard.unlink()
+    with pytest.raises(CacheMismatchError, match=r"misses train/shard-00000.parquet"):
+        CacheReader(finished, IDENTITY).get("train", [0])
+
+
 # ----------------------------------------------------------------------------- reported size
 def test_bytes_per_position_matches_the_files_on_disk(tmp_path):
     splits = {"train": make_entries(9, 4, 300, seed=10), "valid": make_entries(2, 4, 300, seed=11)}
