@@ -372,22 +372,19 @@ class CacheWriter:
                 path.unlink()
 
     def _stats(self):
-        stats, total_positions, total_bytes = {}, 0, 0
-        for split in self._n_rows:
+        """Per split and in total: samples, shards, positions, bytes of shard files and bytes per position."""
+        stats = {}
+        for split, n_rows in self._n_rows.items():
             paths = [self._shard_path(split, shard) for shard in range(self._n_shards(split))]
-            positions = sum(pq.read_table(p, columns=["n_positions"])["n_positions"].to_numpy().sum()
+            positions = sum(int(pq.read_table(p, columns=["n_positions"])["n_positions"].to_numpy().sum())
                             for p in paths)
-            size = sum(p.stat().st_size for p in paths)
-            stats[split] = _split_stats(self._n_rows[split], len(paths), int(positions), size)
-            total_positions, total_bytes = total_positions + int(positions), total_bytes + size
-        stats["total"] = _split_stats(sum(self._n_rows.values()), None, total_positions, total_bytes)
+            stats[split] = {"samples": n_rows, "shards": len(paths), "positions": positions,
+                            "bytes": sum(p.stat().st_size for p in paths)}
+        stats["total"] = {key: sum(split[key] for split in stats.values())
+                          for key in ("samples", "shards", "positions", "bytes")}
+        for entry in stats.values():
+            entry["bytes_per_position"] = round(entry["bytes"] / entry["positions"], 3) if entry["positions"] else None
         return stats
-
-
-def _split_stats(samples, shards, positions, size):
-    stats = {"samples": samples, "positions": positions, "bytes": size,
-             "bytes_per_position": round(size / positions, 3) if positions else None}
-    return stats if shards is None else {"shards": shards, **stats}
 
 
 def _clear_cache_directory(directory):
