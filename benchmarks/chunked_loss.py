@@ -17,6 +17,7 @@ import torch
 
 from taid.chunked import LossSpec, chunked_loss
 from taid.losses import taid_loss
+from taid.teachers import HeadLogits
 
 
 def inputs(tokens, vocab, hidden, seed=0):
@@ -36,7 +37,7 @@ def run_variant(variant, tokens, vocab, hidden, chunk):
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
     if variant == "chunked":
-        loss = chunked_loss(spec, h, w, th, tw, labels, mask, chunk)
+        loss = chunked_loss(spec, h, w, HeadLogits(th, tw), labels, mask, chunk)
     else:
         loss = spec(h @ w.T, th @ tw.T, labels, mask)
     loss.backward()

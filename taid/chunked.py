@@ -40,30 +40,27 @@ class LossSpec:
         return total
 
 
-def chunked_loss(spec, student_hidden, student_head, teacher_hidden, teacher_head, labels, mask, chunk_size):
+def chunked_loss(spec, student_hidden, student_head, teacher_logits, labels, mask, chunk_size):
     """``spec`` over ``[N, H]`` hidden states and ``[V, H]`` LM-head weights, ``chunk_size`` tokens at a time.
 
-    Teacher tensors may be None when ``spec.needs_teacher`` is False. Returns the summed loss, with
-    gradients flowing to ``student_hidden`` and ``student_head``.
+    ``teacher_logits(rows)`` gives the teacher's ``[len(rows), n_shared]`` logits for a slice of the N
+    positions (see ``taid.teachers``); None when ``spec.needs_teacher`` is False. Returns the summed loss,
+    with gradients flowing to ``student_hidden`` and ``student_head``.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    return _ChunkedLoss.apply(student_hidden, student_head, teacher_hidden, teacher_head, labels, mask,
-                              spec, chunk_size)
+    return _ChunkedLoss.apply(student_hidden, student_head, teacher_logits, labels, mask, spec, chunk_size)
 
 
 class _ChunkedLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, head, teacher_hidden, teacher_head, labels, mask, spec, chunk_size):
+    def forward(ctx, hidden, head, teacher, labels, mask, spec, chunk_size):
         grad_hidden = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
         grad_head = torch.zeros_like(head, dtype=torch.float32) if ctx.needs_input_grad[1] else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        n_teacher = head.shape[0] if spec.n_shared is None else spec.n_shared
         for start in range(0, hidden.shape[0], chunk_size):
             rows = slice(start, start + chunk_size)
-            teacher_logits = None
-            if spec.needs_teacher:
-                teacher_logits = teacher_hidden[rows] @ teacher_head[:n_teacher].T
+            teacher_logits = teacher(rows) if spec.needs_teacher else None
             logits = hidden[rows] @ head.T
             if grad_hidden is None and grad_head is None:  # validation: the value alone
                 total += spec(logits, teacher_logits, labels[rows], mask[rows])
@@ -89,4 +86,4 @@ class _ChunkedLoss(torch.autograd.Function):
             grad_hidden = grad_hidden * grad_output
         if grad_head is not None:
             grad_head = (grad_head * grad_output).to(ctx.head_dtype)
-        return grad_hidden, grad_head, None, None, None, None, None, None
+        return grad_hidden, grad_head, None, None, None, None, None

@@ -2,7 +2,8 @@
 
 One class serves both training stages: with no teacher and ``ce_weight=1`` it is plain language
 modelling (how the tiny default teacher is trained); with a teacher it is distillation with any
-divergence of ``taid.losses``, TAID's t supplied per step by the trainer.
+divergence of ``taid.losses``, TAID's t supplied per step by the trainer. The teacher is a model (run
+live) or any source of ``taid.teachers`` (e.g. the offline top-k cache).
 """
 import math
 
@@ -10,21 +11,8 @@ import torch
 
 from taid.chunked import LossSpec, chunked_loss
 from taid.losses import forward_kl, get_loss, loss_params
-
-
-def final_hidden(model, batch):
-    """Final (post-norm) hidden states ``[B, L, H]``, through the model's own forward (DDP/FSDP-safe);
-    only one position's logits are materialised, the LM head is applied chunk by chunk later."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                output_hidden_states=True, logits_to_keep=1, use_cache=False)
-    return out.hidden_states[-1]
-
-
-def lm_head_weight(model):
-    head = _unwrap(model).get_output_embeddings()
-    if getattr(head, "bias", None) is not None:
-        raise ValueError("LM heads with a bias are not supported by the chunked loss")
-    return head.weight
+from taid.models import final_hidden, lm_head_weight
+from taid.teachers import LiveTeacher
 
 
 class Objective:
@@ -36,6 +24,8 @@ class Objective:
         self.loss_name = loss
         self.loss_fn = get_loss(loss) if ce_weight < 1.0 else None
         self.loss_config = dict(loss_config or {})
+        if isinstance(teacher, torch.nn.Module):
+            teacher = LiveTeacher(teacher, n_shared)
         self.teacher, self.n_shared = teacher, n_shared
         self.ce_weight, self.chunk_size = float(ce_weight), int(chunk_size)
         self.uses_t = self.loss_fn is not None and "t" in loss_params(loss, {**self.loss_config, "t": 0.0})
@@ -50,6 +40,11 @@ class Objective:
             kwargs = loss_params(self.loss_name, {**self.loss_config, **({"t": t} if self.uses_t else {})})
         return LossSpec(self.loss_fn, kwargs, self.n_shared, self.ce_weight)
 
+    def to(self, device):
+        if self.teacher is not None:
+            self.teacher.to(device)
+        return self
+
     def loss_sum(self, student, batch, t=None, spec=None):
         """Summed loss over the batch's kept tokens, and their count."""
         spec = spec or self.spec(t)
@@ -57,23 +52,19 @@ class Objective:
         return self._apply(spec, student, *kept), int(batch["mask"].sum())
 
     def _kept_states(self, student, batch, with_teacher):
-        """Final hidden states ``[N_kept, H]`` of the student (and teacher) at kept positions, and labels."""
+        """The student's final hidden states ``[N_kept, H]`` at kept positions, the teacher's logits for
+        them (a callable over row slices, see ``taid.teachers``) and the labels."""
         mask = batch["mask"]
         hidden = final_hidden(student, batch)[:, :-1][mask]
-        teacher_hidden = None
-        if with_teacher:
-            with torch.no_grad():
-                teacher_hidden = final_hidden(self.teacher, batch)[:, :-1][mask]
-        return hidden, teacher_hidden, batch["labels"][mask]
+        teacher_logits = self.teacher.kept(batch) if with_teacher else None
+        return hidden, teacher_logits, batch["labels"][mask]
 
-    def _apply(self, spec, student, hidden, teacher_hidden, labels):
-        teacher_head = lm_head_weight(self.teacher) if spec.needs_teacher else None
+    def _apply(self, spec, student, hidden, teacher_logits, labels):
         keep = torch.ones_like(labels, dtype=torch.bool)
         head = lm_head_weight(student)
         if self.chunk_size > 0:
-            return chunked_loss(spec, hidden, head, teacher_hidden, teacher_head, labels, keep, self.chunk_size)
-        teacher_logits = teacher_hidden @ teacher_head.T if spec.needs_teacher else None
-        return spec(hidden @ head.T, teacher_logits, labels, keep)
+            return chunked_loss(spec, hidden, head, teacher_logits, labels, keep, self.chunk_size)
+        return spec(hidden @ head.T, teacher_logits(slice(None)) if spec.needs_teacher else None, labels, keep)
 
     @torch.no_grad()
     def eval_sums(self, student, batches):
@@ -99,7 +90,3 @@ def summarise_eval(sums, with_teacher):
     if with_teacher:
         metrics["val_kl"] = kl_total / n
     return metrics
-
-
-def _unwrap(model):
-    return getattr(model, "module", model)

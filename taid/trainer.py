@@ -19,7 +19,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from taid.data import PAD, sample_order, to_batch
+from taid.data import as_split, sample_order, to_batch
 from taid.objective import summarise_eval
 
 
@@ -69,7 +69,9 @@ class TrainResult:
 
 
 def train(model, objective, train_rows, valid_rows, cfg, *, schedule=None, checkpoint_dir=None, describe=None):
-    """Train ``model`` on packed ``train_rows`` with ``objective``; see the module docstring."""
+    """Train ``model`` on packed ``train_rows`` with ``objective``; see the module docstring. Rows are
+    arrays or ``taid.data.Split`` (chat data: with targets)."""
+    train_rows, valid_rows = as_split(train_rows, "train"), as_split(valid_rows, "valid")
     accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.precision))
     torch.manual_seed(cfg.seed)
     if cfg.gradient_checkpointing:  # renamed in later transformers 5 releases
@@ -78,8 +80,7 @@ def train(model, objective, train_rows, valid_rows, cfg, *, schedule=None, check
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     lr_schedule = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
     model, optimizer, lr_schedule = accelerator.prepare(model, optimizer, lr_schedule)
-    if objective.teacher is not None:
-        objective.teacher.to(accelerator.device).eval()
+    objective.to(accelerator.device)
 
     fingerprint = json.loads(json.dumps({"train": cfg.fingerprint(), "run": describe or {}}))
     state = {"step": 0, "position": 0, "history": [], "evals": []}
@@ -99,7 +100,7 @@ def train(model, objective, train_rows, valid_rows, cfg, *, schedule=None, check
     while state["step"] < cfg.steps:
         # -- the step's rows: micro-batch j of this rank is slice (j * world + rank) of the global batch
         rows = sample_order(len(train_rows), cfg.seed, state["position"], global_batch)
-        step_tokens = int(_kept_tokens(train_rows[np.sort(rows)]))
+        step_tokens = int(train_rows[np.sort(rows)].kept_mask().sum())
         t = schedule.t if schedule is not None else None
         loss_sum = torch.zeros((), device=accelerator.device)
         for j in range(cfg.grad_accum):
@@ -159,11 +160,6 @@ def _validate(accelerator, model, objective, valid_rows, cfg):
         sums = objective.eval_sums(model, batches).to(accelerator.device)
     model.train()
     return summarise_eval(accelerator.reduce(sums, "sum").cpu(), objective.teacher is not None)
-
-
-def _kept_tokens(rows):
-    real = np.asarray(rows) != PAD
-    return (real[:, :-1] & real[:, 1:]).sum()
 
 
 def _mixed_precision(precision):

@@ -5,6 +5,7 @@ import torch
 
 from taid.chunked import LossSpec, chunked_loss
 from taid.losses import LOSSES, cross_entropy
+from taid.teachers import HeadLogits
 
 N, H_STUDENT, H_TEACHER = 37, 6, 10
 V_STUDENT, V_TEACHER = 19, 23
@@ -28,9 +29,15 @@ def leaves(*tensors):
     return [None if t is None else t.detach().clone().requires_grad_(True) for t in tensors]
 
 
+def live(teacher_hidden, teacher_head, n):
+    """The teacher's logits over its first ``n`` output rows, slice by slice."""
+    return None if teacher_hidden is None else HeadLogits(teacher_hidden, teacher_head[:n])
+
+
 def chunked_with_grads(spec, student_hidden, student_head, teacher_hidden, teacher_head, labels, mask, chunk):
     h, w = leaves(student_hidden, student_head)
-    loss = chunked_loss(spec, h, w, teacher_hidden, teacher_head, labels, mask, chunk)
+    n = spec.n_shared or student_head.shape[0]
+    loss = chunked_loss(spec, h, w, live(teacher_hidden, teacher_head, n), labels, mask, chunk)
     loss.backward()
     return loss.detach(), h.grad, w.grad
 
@@ -113,7 +120,7 @@ def test_cross_entropy_by_hand():
     z = torch.tensor([[1.0, 2.0, 0.5], [9.0, 9.0, 9.0]], dtype=torch.float64)
     hidden, head = z, torch.eye(3, dtype=torch.float64)  # logits = hidden @ I = z
     labels, mask = torch.tensor([2, -100]), torch.tensor([True, False])
-    got = chunked_loss(LossSpec(LOSSES["forward_kl"], ce_weight=1.0), hidden, head, None, None, labels, mask, 1)
+    got = chunked_loss(LossSpec(LOSSES["forward_kl"], ce_weight=1.0), hidden, head, None, labels, mask, 1)
     expected = -(0.5 - torch.logsumexp(z[0], 0))
     assert got.item() == pytest.approx(expected.item(), rel=1e-6)
 
@@ -151,7 +158,7 @@ def test_upstream_gradient_and_non_leaf_hidden():
         return loss.detach(), p.grad, w.grad
 
     expected = total(lambda h, w: spec(h @ w.T, teacher_logits, labels, mask))
-    got = total(lambda h, w: chunked_loss(spec, h, w, t_h, t_w, labels, mask, 7))
+    got = total(lambda h, w: chunked_loss(spec, h, w, live(t_h, t_w, V_STUDENT), labels, mask, 7))
     assert_same(got, expected)
 
 
@@ -162,7 +169,7 @@ def test_frozen_head_gets_no_gradient():
         lambda z: spec(z, t_h @ t_w[:V_STUDENT].T, labels, mask), s_h, s_w
     )[1]
     h = s_h.clone().requires_grad_(True)
-    chunked_loss(spec, h, s_w, t_h, t_w, labels, mask, 9).backward()
+    chunked_loss(spec, h, s_w, live(t_h, t_w, V_STUDENT), labels, mask, 9).backward()
     assert s_w.grad is None
     torch.testing.assert_close(h.grad, expected_grad, **TOL)
 
@@ -180,7 +187,7 @@ def test_all_masked_gives_zero_and_zero_gradients():
 def test_bad_chunk_size_raises(chunk):
     s_h, s_w, t_h, t_w, labels, mask = make_inputs(seed=9)
     with pytest.raises(ValueError):
-        chunked_loss(LossSpec(LOSSES["forward_kl"]), s_h, s_w, t_h, t_w, labels, mask, chunk)
+        chunked_loss(LossSpec(LOSSES["forward_kl"]), s_h, s_w, live(t_h, t_w, V_STUDENT), labels, mask, chunk)
 
 
 # ----------------------------------------------------------------------------- memory
@@ -193,6 +200,7 @@ def test_logits_never_exist_for_more_than_a_chunk(chunk):
         return LOSSES["forward_kl"](student_logits, teacher_logits, mask, reduction=reduction)
 
     s_h, s_w, t_h, t_w, labels, mask = make_inputs(seed=10)
-    chunked_loss(LossSpec(spy), s_h.requires_grad_(), s_w.requires_grad_(), t_h, t_w, labels, mask, chunk)
+    chunked_loss(LossSpec(spy), s_h.requires_grad_(), s_w.requires_grad_(), live(t_h, t_w, V_STUDENT), labels,
+                 mask, chunk)
     assert [rows for rows, _ in seen] == [min(chunk, N - start) for start in range(0, N, chunk)]
     assert all(s == t for s, t in seen)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from taid.data import PAD, pack_documents, sample_order, to_batch, unpack
+from taid.data import PAD, Split, load_split, pack_documents, sample_order, to_batch, unpack
 
 EOS = 7
 
@@ -127,6 +127,31 @@ def test_to_batch_by_hand():
     labels, mask = batch["labels"], batch["mask"]
     assert labels[mask].tolist() == [6, 7, 8, 9, 2, 3]
     assert batch["input_ids"].dtype == torch.long and batch["labels"].dtype == torch.long
+
+
+def test_targets_keep_only_positions_that_predict_a_target_token_by_hand():
+    # chat rows: prompt tokens (not targets), then the assistant's answer (targets)
+    tokens = np.array([[10, 11, 12, 13, 14], [20, 21, 22, PAD, PAD]], dtype=np.int32)
+    targets = np.array([[0, 0, 1, 1, 0], [0, 1, 1, 0, 0]], dtype=bool)
+    split = Split(tokens, targets, ids=np.array([7, 3]), name="valid")
+    batch = to_batch(split)
+    assert batch["mask"].tolist() == [[False, True, True, False], [True, True, False, False]]
+    assert batch["labels"][batch["mask"]].tolist() == [12, 13, 21, 22]
+    assert batch["sample_ids"].tolist() == [7, 3] and batch["split"] == "valid"
+    assert split.kept_mask().sum() == 4
+    picked = split[np.array([1])]  # rows keep their sample ids and targets when indexed
+    assert picked.ids.tolist() == [3] and picked.targets.tolist() == [[False, True, True, False, False]]
+
+
+def test_load_split_reads_targets_when_the_directory_has_them(tmp_path):
+    tokens = np.arange(12, dtype=np.int32).reshape(3, 4)
+    np.save(tmp_path / "train.npy", tokens)
+    np.save(tmp_path / "valid.npy", tokens)
+    np.save(tmp_path / "valid.targets.npy", tokens % 2 == 0)
+    train, valid = load_split(tmp_path, "train"), load_split(tmp_path, "valid")
+    assert train.targets is None and train.kept_mask().all()
+    assert valid.kept_mask().tolist() == [[False, True, False], [False, True, False], [False, True, False]]
+    assert valid.ids.tolist() == [0, 1, 2] and valid.name == "valid"
 
 
 @pytest.mark.parametrize("seed", range(3))
