@@ -105,7 +105,7 @@ class HFBackend:
         return [self._reply(row[width:].tolist(), stop) for row in out]
 
     def _reply(self, new_tokens, stop):
-        ends = [i for i, token in enumerate(new_tokens) if token in self.eos_ids or token == self.pad_id]
+        ends = [i for i, token in enumerate(new_tokens) if token in self.eos_ids]   # finished rows are padded after EOS
         new_tokens = new_tokens[: ends[0]] if ends else new_tokens
         return cut_at_stop(self.tokenizer.decode(new_tokens, skip_special_tokens=False), stop)
 
