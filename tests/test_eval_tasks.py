@@ -117,6 +117,10 @@ def test_generation_only_tasks_refuse_loglikelihood_mode():
 def test_unknown_task_settings_and_names_are_refused():
     with pytest.raises(DataError, match="unknown keys \\['shotz'\\]"):
         get_task("mgsm").run(StubLM(), RunContext(data_dir=FIXTURES, settings={"shotz": 2}, progress=no_progress))
+    with pytest.raises(DataError, match="mgsm.shots: expected a whole number"):
+        get_task("mgsm").run(StubLM(), RunContext(data_dir=FIXTURES, settings={"shots": "4"}, progress=no_progress))
+    with pytest.raises(DataError, match="mgsm.hf: needs a 'dataset'"):
+        get_task("mgsm").run(StubLM(), RunContext(data_dir=FIXTURES, settings={"hf": {}}, progress=no_progress))
     with pytest.raises(DataError, match="unknown task 'jcqa'"):
         get_task("jcqa")
 

@@ -101,6 +101,8 @@ class PromptTask(Task):
             allowed = MODES if self.multiple_choice else MODES[:1]
             raise DataError(f"evaluate.tasks.{self.name}.mode: {mode!r} is not one of {list(allowed)}")
         n_shots = settings.get("shots", self.shots)
+        if not isinstance(n_shots, int) or n_shots < 0:
+            raise DataError(f"evaluate.tasks.{self.name}.shots: expected a whole number >= 0, got {n_shots!r}")
         report = LoadReport()
         examples, exemplars = self.load(context, n_shots, report)
         if context.limit:
@@ -135,6 +137,9 @@ class PromptTask(Task):
         settings = context.settings
         if "hf" in settings:
             hf = settings["hf"]
+            if not isinstance(hf, dict) or not hf.get("dataset"):
+                raise DataError(f"evaluate.tasks.{self.name}.hf: needs a 'dataset' (and optionally config, split, "
+                                "train_split)")
             split_name = hf.get("train_split", "train") if split == "train" else hf.get("split", "test")
             return read_hf_dataset(hf["dataset"], hf.get("config"), split_name)
         override = settings.get("path" if split == "test" else "train_path")
