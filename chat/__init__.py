@@ -1,0 +1,1 @@
+"""Chat (instruction) data for the instruct stage: formats, chat template, assistant-only masks, arrays."""
