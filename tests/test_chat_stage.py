@@ -161,6 +161,13 @@ def test_weights_repeat_training_conversations_and_valid_is_never_repeated(unpac
     assert meta["valid"]["conversations"] - 20 > 0, "the sample alone gives a valid split"
 
 
+def test_no_conversation_is_on_both_sides_of_the_split(setup, unpacked):
+    arrays, _, _ = unpacked
+    tok = AutoTokenizer.from_pretrained(setup.tokenizer)
+    sides = {split: {tok.decode(row[row != PAD].tolist()) for row in arrays[split]} for split in ("train", "valid")}
+    assert len(sides["valid"]) == len(arrays["valid"]) and sides["train"] and not sides["train"] & sides["valid"]
+
+
 def test_packing_with_truncation_drop(setup, unpacked):
     _, meta, report = run_stage(setup, "packed", packing=True, truncation="drop")
     assert report["truncated"]["answer_too_long"] == 1 and report["truncated"]["answer_truncated"] == 0

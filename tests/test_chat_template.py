@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from transformers import AutoTokenizer
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from chat.formats import to_messages
 from chat.pack import fit_turns, new_counts
@@ -116,6 +117,47 @@ def test_the_tokenizers_own_template_decides_the_targets(tokenizer):
     assert [decode(own, t.answer) for t in turns] == ["こんにちは。ご用件は何でしょうか。</s>\n",
                                                       "2024年5月3日は金曜日です。</s>\n"]
     assert decode(own, turns[1].prompt) == "<|user|>\n2024年5月3日は何曜日ですか。</s>\n<|assistant|>\n"
+
+
+QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+              r"|\s+(?!\S)|\s+")
+QWEN_LIKE_TEMPLATE = (  # Qwen2.5's template without tools: a default system message when none is given
+    "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}"
+    "{%- else %}{{- '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+    "<|im_end|>\n' }}{%- endif %}"
+    "{%- for m in messages %}{%- if m['role'] != 'system' or not loop.first %}"
+    "{{- '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}")
+
+
+def byte_level_bpe(texts):
+    """A small byte-level BPE tokenizer with Qwen2's pre-tokenizer: most kanji become several byte tokens."""
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer.chat_template = QWEN_LIKE_TEMPLATE
+    return tokenizer
+
+
+def test_a_byte_level_bpe_tokenizer_with_a_qwen_like_template():
+    with gzip.open(SAMPLE, "rt", encoding="utf-8") as f:
+        tok = byte_level_bpe([json.loads(line)["text"] for line in f][:300])
+    messages = [{"role": "user", "content": "「麒麟」は何と読みますか? 𠮷も。"},
+                {"role": "assistant", "content": "「きりん」と読みます。 ABC 123"},
+                {"role": "user", "content": "ありがとう。"}, {"role": "assistant", "content": "どういたしまして!"}]
+    turns = tokenize_conversations(tok, [messages])[0]
+    assert [(decode(tok, t.prompt), decode(tok, t.answer)) for t in turns] == [
+        ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+         "<|im_start|>user\n「麒麟」は何と読みますか? 𠮷も。<|im_end|>\n<|im_start|>assistant\n",
+         "「きりん」と読みます。 ABC 123<|im_end|>\n"),
+        ("<|im_start|>user\nありがとう。<|im_end|>\n<|im_start|>assistant\n", "どういたしまして!<|im_end|>\n")]
+    ids = [token for turn in turns for token in turn.prompt + turn.answer]
+    assert ids == tok(render(tok, messages), add_special_tokens=False)["input_ids"]
 
 
 def test_a_template_that_is_not_prefix_consistent_is_refused(tokenizer):
