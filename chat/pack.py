@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.format import open_memmap
 
+from chat.template import Turn
 from taid.data import PAD
 
 TRUNCATION_MODES = ("turns", "drop")
@@ -26,28 +27,38 @@ def fit_turns(turns, seq_len, truncation, counts):
     the first answer leaves no room for an answer token, it goes (``prompt_too_long``)."""
     if truncation not in TRUNCATION_MODES:
         raise ValueError(f"chat.truncation must be one of {list(TRUNCATION_MODES)}, got {truncation!r}")
+    kept = whole_turns_that_fit(turns, seq_len)
+    if kept:
+        if len(kept) < len(turns):
+            counts["turns_dropped"] += len(turns) - len(kept)
+            counts["conversations_shortened"] += 1
+        return as_arrays(kept)
+    first = turns[0]
+    room = seq_len - len(first.prompt)
+    if room < 1:
+        counts["prompt_too_long"] += 1
+        return None
+    if truncation == "drop":
+        counts["answer_too_long"] += 1
+        return None
+    counts["answer_truncated"] += 1
+    return as_arrays([Turn(first.prompt, first.answer[:room])])
+
+
+def whole_turns_that_fit(turns, seq_len):
     kept, length = [], 0
     for turn in turns:
-        if length + len(turn.prompt) + len(turn.answer) > seq_len:
-            break
-        kept.append((turn.prompt, turn.answer))
         length += len(turn.prompt) + len(turn.answer)
-    if len(kept) < len(turns) and kept:
-        counts["turns_dropped"] += len(turns) - len(kept)
-        counts["conversations_shortened"] += 1
-    if not kept:
-        first = turns[0]
-        room = seq_len - len(first.prompt)
-        if room < 1:
-            counts["prompt_too_long"] += 1
-            return None
-        if truncation == "drop":
-            counts["answer_too_long"] += 1
-            return None
-        counts["answer_truncated"] += 1
-        kept = [(first.prompt, first.answer[:room])]
-    ids = np.array([token for prompt, answer in kept for token in prompt + answer], dtype=np.int32)
-    targets = np.concatenate([np.r_[np.zeros(len(p), bool), np.ones(len(a), bool)] for p, a in kept])
+        if length > seq_len:
+            break
+        kept.append(turn)
+    return kept
+
+
+def as_arrays(turns):
+    """int32 ids and bool targets (True on answer tokens) of turns laid end to end."""
+    ids = np.array([token for turn in turns for token in turn.prompt + turn.answer], dtype=np.int32)
+    targets = np.concatenate([np.repeat([False, True], [len(turn.prompt), len(turn.answer)]) for turn in turns])
     return ids, targets
 
 
