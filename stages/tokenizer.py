@@ -1,7 +1,8 @@
 """Stage `tokenizer`: the one tokenizer teacher and student share.
 
 Default: train a SentencePiece BPE model (byte fallback, ~8k pieces) on the NFKC-normalised train split
-and save it as a Hugging Face tokenizer directory (with its ``tokenizer.model`` for GGUF export).
+and save it as a Hugging Face tokenizer directory (with its ``tokenizer.model`` for GGUF export and the ChatML
+chat template of ``chat.template`` for the instruct stage).
 Real recipe: ``tokenizer.source`` names the teacher's hub id or local path, whose tokenizer is copied.
 """
 import io
@@ -11,10 +12,11 @@ from pathlib import Path
 import sentencepiece as spm
 from transformers import AutoTokenizer, LlamaTokenizer
 
+from chat.template import CHATML_MARKERS, CHATML_TEMPLATE, check_single_token_markers
 from stages.common import DocumentReport, atomic_dir, read_documents, section, stage_main
 
 SPECIAL_PIECES = {"pad": "<pad>", "unk": "<unk>", "bos": "<s>", "eos": "</s>"}
-CHAT_PIECES = ["<|im_start|>", "<|im_end|>"]   # ChatML markers, for the instruction stage
+CHAT_PIECES = list(CHATML_MARKERS)   # ChatML markers, for the instruct stage
 
 
 def train_sentencepiece(texts, vocab_size, out_dir, threads=2):
@@ -36,6 +38,8 @@ def train_sentencepiece(texts, vocab_size, out_dir, threads=2):
             scratch, pad_token=SPECIAL_PIECES["pad"], unk_token=SPECIAL_PIECES["unk"],
             bos_token=SPECIAL_PIECES["bos"], eos_token=SPECIAL_PIECES["eos"], add_bos_token=False,
         )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    check_single_token_markers(tokenizer)
     tokenizer.save_pretrained(out_dir)
     (Path(out_dir) / "tokenizer.model").write_bytes(model.getvalue())
     return tokenizer
