@@ -576,10 +576,13 @@ def build_splits(seed: int = DEFAULT_SEED) -> dict[str, list[dict]]:
     return split_documents(rng, build_documents(rng))
 
 
-def build_files(seed: int = DEFAULT_SEED) -> dict[str, bytes]:
+def split_files(splits: dict[str, list[dict]]) -> dict[str, bytes]:
     """File name -> gzip bytes, for both splits."""
-    splits = build_splits(seed)
     return {name: gzip_jsonl(splits[split], name.removesuffix(".gz")) for split, name in SPLIT_FILES.items()}
+
+
+def build_files(seed: int = DEFAULT_SEED) -> dict[str, bytes]:
+    return split_files(build_splits(seed))
 
 
 def describe(splits: dict[str, list[dict]]) -> str:
@@ -592,8 +595,8 @@ def describe(splits: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def check(out_dir: Path, seed: int) -> int:
-    expected = build_files(seed)
+def stale_files(expected: dict[str, bytes], out_dir: Path) -> list[str]:
+    """Why each file of ``out_dir`` differs from the bytes a seed makes (empty: all match)."""
     stale = []
     for name, data in expected.items():
         path = out_dir / name
@@ -603,29 +606,36 @@ def check(out_dir: Path, seed: int) -> int:
             same_text = gzip.decompress(path.read_bytes()) == gzip.decompress(data)
             why = "same text, different gzip bytes (another zlib?)" if same_text else "content differs"
             stale.append(f"{path}: {why}")
-    if stale:
-        print("data/sample is out of date; run `python data/sample/generate.py`:\n  " + "\n  ".join(stale), file=sys.stderr)
-        return 1
-    print(f"{', '.join(expected)} match seed {seed}")
+    return stale
+
+
+def generator_main(argv, *, description, out_dir, default_seed, build, to_files, describe, command) -> int:
+    """The command line every sample generator shares: write the files a seed makes, or ``--check`` them."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=int, default=default_seed)
+    parser.add_argument("--out-dir", type=Path, default=out_dir)
+    parser.add_argument("--check", action="store_true", help="compare with the files in --out-dir instead of writing")
+    args = parser.parse_args(argv)
+    content = build(args.seed)
+    files = to_files(content)
+    if args.check:
+        stale = stale_files(files, args.out_dir)
+        if stale:
+            print(f"{args.out_dir} is out of date; run `{command}`:\n  " + "\n  ".join(stale), file=sys.stderr)
+            return 1
+        print(f"{', '.join(files)} match seed {args.seed}")
+        return 0
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (args.out_dir / name).write_bytes(data)
+        print(f"wrote {args.out_dir / name} ({len(data)} bytes)")
+    print(describe(content))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    parser.add_argument("--out-dir", type=Path, default=HERE)
-    parser.add_argument("--check", action="store_true", help="compare with the files in --out-dir instead of writing")
-    args = parser.parse_args(argv)
-    if args.check:
-        return check(args.out_dir, args.seed)
-    splits = build_splits(args.seed)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    for split, name in SPLIT_FILES.items():
-        data = gzip_jsonl(splits[split], name.removesuffix(".gz"))
-        (args.out_dir / name).write_bytes(data)
-        print(f"wrote {args.out_dir / name} ({len(data)} bytes)")
-    print(describe(splits))
-    return 0
+    return generator_main(argv, description=__doc__, out_dir=HERE, default_seed=DEFAULT_SEED, build=build_splits,
+                          to_files=split_files, describe=describe, command="python data/sample/generate.py")
 
 
 if __name__ == "__main__":

@@ -11,10 +11,8 @@ date in an answer is computed. The conversations in handwritten.txt are added as
 """
 from __future__ import annotations
 
-import argparse
 import calendar
 import datetime as dt
-import gzip
 import importlib.util
 import random
 import sys
@@ -303,39 +301,9 @@ def describe(rows: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def check(out_dir: Path, seed: int) -> int:
-    stale = []
-    for name, data in build_files(seed).items():
-        path = out_dir / name
-        if not path.exists():
-            stale.append(f"{path} is missing")
-        elif path.read_bytes() != data:
-            same_text = gzip.decompress(path.read_bytes()) == gzip.decompress(data)
-            why = "same text, different gzip bytes (another zlib?)" if same_text else "content differs"
-            stale.append(f"{path}: {why}")
-    if stale:
-        print("data/sample/chat is out of date; run `python data/sample/chat/generate.py`:\n  " + "\n  ".join(stale),
-              file=sys.stderr)
-        return 1
-    print(f"{', '.join(FILES.values())} match seed {seed}")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    parser.add_argument("--out-dir", type=Path, default=HERE)
-    parser.add_argument("--check", action="store_true", help="compare with the files in --out-dir instead of writing")
-    args = parser.parse_args(argv)
-    if args.check:
-        return check(args.out_dir, args.seed)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    rows = build_rows(args.seed)
-    for name, data in gzip_files(rows).items():
-        (args.out_dir / name).write_bytes(data)
-        print(f"wrote {args.out_dir / name} ({len(data)} bytes)")
-    print(describe(rows))
-    return 0
+    return corpus.generator_main(argv, description=__doc__, out_dir=HERE, default_seed=DEFAULT_SEED, build=build_rows,
+                                 to_files=gzip_files, describe=describe, command="python data/sample/chat/generate.py")
 
 
 if __name__ == "__main__":
