@@ -1,6 +1,7 @@
 """What every stage shares: params, atomic outputs, reading documents, timing and clean failures."""
 import argparse
 import gzip
+import hashlib
 import json
 import os
 import shutil
@@ -17,10 +18,10 @@ class StageError(Exception):
     """A failure the user can act on: printed as one clear message, no traceback."""
 
 
-def stage_main(name, description, add_arguments, run):
+def stage_main(name, description, add_arguments, run, module=None):
     """Parse arguments, run the stage, print its wall time; turn known failures into a clear message
     (set TSUBAME_TRACEBACK=1 to see the traceback instead)."""
-    parser = argparse.ArgumentParser(prog=f"python -m stages.{name}", description=description)
+    parser = argparse.ArgumentParser(prog=f"python -m stages.{module or name}", description=description)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     add_arguments(parser)
     args = parser.parse_args()
@@ -60,6 +61,14 @@ def atomic_dir(target):
     yield partial
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_json(path, obj):

@@ -1,9 +1,9 @@
-"""Pieces the two training stages (teacher, distill) share: data in, model and curves out."""
+"""Pieces the training stages (teacher, distill, instruct) share: data in, model and curves out."""
 import json
 from pathlib import Path
 
-from stages.common import StageError, atomic_dir, write_csv, write_json
-from taid.data import load_packed
+from stages.common import StageError, atomic_dir, file_sha256, write_csv, write_json
+from taid.data import load_split
 from taid.trainer import TrainConfig
 from taid.vocab import tokenizer_fingerprint
 
@@ -17,8 +17,11 @@ def add_training_arguments(parser, stage, model_kind):
     parser.add_argument("--checkpoints", default=f"checkpoints/{stage}", help="checkpoint directory for resume")
 
 
+SPLITS = ("train", "valid")
+
+
 def load_prepared(data_dir, tokenizer):
-    """The packed train and validation rows, checked to be tokenized by ``tokenizer``."""
+    """The packed train and validation splits (corpus or chat data), checked to be tokenized by ``tokenizer``."""
     data_dir = Path(data_dir)
     meta_path = data_dir / "meta.json"
     if not meta_path.is_file():
@@ -26,7 +29,16 @@ def load_prepared(data_dir, tokenizer):
     meta = json.loads(meta_path.read_text())
     if meta["tokenizer_sha256"] != tokenizer_fingerprint(tokenizer):
         raise StageError(f"{data_dir} was tokenized with another tokenizer; rerun the prepare stage")
-    return load_packed(data_dir / "train.npy"), load_packed(data_dir / "valid.npy")
+    return tuple(load_split(data_dir, name) for name in SPLITS)
+
+
+def data_sha256(data_dir):
+    """Per split, a hash of its token (and target) arrays: what a teacher cache was computed on."""
+    hashes = {}
+    for name in SPLITS:
+        files = [Path(data_dir) / f"{name}.npy", Path(data_dir) / f"{name}.targets.npy"]
+        hashes[name] = ":".join(file_sha256(f) for f in files if f.is_file())
+    return hashes
 
 
 def train_config(stage_params, seed, stage):

@@ -12,7 +12,8 @@ import pytest
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from stages import distill, prepare, teacher, tokenizer
+from stages import prepare, teacher, tokenizer
+from stages.student import train_student
 from taid.data import unpack
 from taid.losses import LOSSES
 from taid.models import load_model
@@ -47,7 +48,9 @@ def write_params(root, **overrides):
     params["prepare"]["seq_len"] = 32
     small = dict(steps=30, batch_size=8, warmup_steps=3, eval_every=10)
     params["teacher"]["train"].update(small)
+    params["teacher"]["chat_train"]["steps"] = 0
     params["distill"]["train"].update(small, save_every=0)
+    params["distill"]["teacher"].update(source=str(root / "teacher"), mode="live")
     for dotted, value in overrides.items():
         *parents, key = dotted.split(".")
         node = params
@@ -69,16 +72,16 @@ def pipeline(tmp_path_factory):
     tokenizer.run(Namespace(out=paths.tokenizer), params)
     prepare.run(Namespace(tokenizer=paths.tokenizer, out=paths.data, work=root / "corpus",
                           report=root / "corpus.json"), params)
-    teacher.run(Namespace(tokenizer=paths.tokenizer, data=paths.data, out=paths.teacher,
+    teacher.run(Namespace(tokenizer=paths.tokenizer, data=paths.data, chat=None, out=paths.teacher,
                           metrics=root / "teacher.json", checkpoints=root / "teacher-checkpoints"), params)
     return paths
 
 
-def run_distill(paths, params, name):
+def run_distill(paths, params, name, teacher_cache=None):
     out = paths.root / name
-    args = Namespace(tokenizer=paths.tokenizer, data=paths.data, teacher=paths.teacher, out=out / "student",
+    args = Namespace(tokenizer=paths.tokenizer, data=paths.data, teacher_cache=teacher_cache, out=out / "student",
                      metrics=out / "distill.json", plots=out / "plots", checkpoints=out / "checkpoints")
-    distill.run(args, params)
+    train_student("distill", args, params)
     return out, json.loads((out / "distill.json").read_text())
 
 
@@ -128,11 +131,12 @@ def test_real_recipe_path_loads_teacher_student_and_tokenizer_from_local_directo
     tok.save_pretrained(student_dir)
     params, _ = write_params(pipeline.root, **{"tokenizer.source": str(pipeline.teacher),
                                                "teacher.model": str(pipeline.teacher),
-                                               "distill.student": str(student_dir), "distill.train.steps": 3})
+                                               "distill.student": str(student_dir), "distill.train.steps": 3,
+                                               "distill.teacher.source": str(tmp_path / "teacher")})
     paths = Namespace(root=tmp_path, tokenizer=tmp_path / "tokenizer", data=pipeline.data,
                       teacher=tmp_path / "teacher")
     tokenizer.run(Namespace(out=paths.tokenizer), params)
-    teacher.run(Namespace(tokenizer=paths.tokenizer, data=paths.data, out=paths.teacher,
+    teacher.run(Namespace(tokenizer=paths.tokenizer, data=paths.data, chat=None, out=paths.teacher,
                           metrics=tmp_path / "teacher.json", checkpoints=None), params)
     record = json.loads((paths.teacher / "teacher.json").read_text())
     assert record["source"] == str(pipeline.teacher) and record["output_size"] == len(tok)
@@ -163,7 +167,6 @@ def test_a_teacher_with_another_tokenizer_is_refused_with_a_clear_message(pipeli
 def test_a_bad_params_key_fails_with_the_key_named(pipeline, tmp_path):
     _, params_path = write_params(pipeline.root, **{"distill.train.stepz": 3})
     result = stage_command("distill", params_path, "--tokenizer", pipeline.tokenizer, "--data", pipeline.data,
-                           "--teacher", pipeline.teacher, "--out", tmp_path / "s", "--metrics", tmp_path / "m.json",
-                           "--plots", tmp_path / "p")
+                           "--out", tmp_path / "s", "--metrics", tmp_path / "m.json", "--plots", tmp_path / "p")
     assert result.returncode == 1 and "unknown keys ['stepz']" in result.stderr
     assert "Traceback" not in result.stderr
