@@ -7,43 +7,15 @@ is keyed by sample id (row index of the packed array, see ``taid.data``), so any
 Which positions a row keeps, and in which order, is the builder's choice; the cache stores
 ``n_positions`` per row and returns them in the order they were written.
 
-Layout of a cache directory::
-
-    cache.json                       sidecar: format, version, identity, k, vocab_size, logprob_dtype,
-                                     shard_rows, complete, splits {name: {n_rows}}, stats
-    <split>/shard-00000.parquet      sample ids 0 .. shard_rows - 1 of the split, one Parquet row each
-    <split>/shard-00001.parquet      ...
-
-Parquet columns (zstd, no dictionary, row groups of about ``row_group_bytes`` raw bytes so that one
-sample is read without decoding its whole shard): ``sample_id`` int64, ``n_positions`` int32, and three
-binary blobs per sample, each a little-endian array written as byte planes (byte 0 of every element,
-then byte 1, ...; zstd compresses the near-constant high bytes to almost nothing):
-
-- ``ids``: uint32 ``[n, k]`` (Qwen's 151,665 ids need 18 bits);
-- ``logprobs``: the float16 (or float32) bit patterns ``[n, k]``, each row stored as differences from the
-  previous entry, modulo 2^16 (2^32). Sorted log-probs make small differences; the transform is lossless;
-- ``log_rest``: float32 ``[n]``.
-
-Precision: ids and ``log_rest`` are exact. ``logprob_dtype="float32"`` stores log-probs exactly;
-``"float16"`` (the default) rounds each to the nearest half: |error| <= 2^-11 * |log p| (relative
-error 2^-11 ~ 4.9e-4), and <= 2^-25 absolute for |log p| < 2^-14 (subnormals); log-probs below -65504
-(probability < e^-65504) become -inf.
-
-Why this encoding (k = 64, zstd level 3, teacher-like log-probs: Gaussian logits, a Zipf prior over ids,
-one peaked token; V = 151,936, and V = 8,000 within 2 bytes), bytes per cached position: ids as uint32
-114, 24-bit packed 107, uint32 or 24-bit byte planes 89; float16 log-probs 79, byte planes 72, deltas and
-planes 47 (float32: 215 and 155); uint16 quantised to 2^-8 nat 46 (no gain), to 2^-4 nat 21 (1/32-nat
-errors for 25 of ~140 bytes: not offered). The cache as written: 140 B/position (float16), 248 (float32).
+The files' layout, encoding and precision: ``taid.cache_format``.
 
 Writers on several ranks: construct the writer on rank 0 first (it may clear the directory), then on the
 others; each rank writes its ``pending(split, n_rows, rank, world_size)``; after all are done, rank 0
 calls ``finish()``, which checks every shard and marks the cache complete.
 """
 import bisect
-import json
 import math
 import os
-import re
 import shutil
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -55,20 +27,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-FORMAT = "tsubame-teacher-topk"
-VERSION = 1
-SIDECAR = "cache.json"
-SHARD_NAME = "shard-{:05d}.parquet"
-SHARD_PATTERN = re.compile(r"shard-(\d{5,})\.parquet")
-PARTIAL_PATTERN = re.compile(r"\.shard-\d{5,}\.parquet\.\d+\.partial")
-SPLIT_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
-ZSTD_LEVEL = 3
-ROW_GROUP_BYTES = 1 << 20
-# log-prob storage: the float type and the unsigned type of its bit pattern (the deltas are taken on bits)
-LOGPROB_DTYPES = {"float16": ("<f2", "<u2"), "float32": ("<f4", "<u4")}
-ID_DTYPE, REST_DTYPE = "<u4", "<f4"
-COLUMNS = ("sample_id", "n_positions", "ids", "logprobs", "log_rest")
-REBUILD = "rebuild the stage's teacher_cache"
+from taid.cache_format import (
+    COLUMNS, ID_DTYPE, LOGPROB_DTYPES, PARTIAL_PATTERN, REBUILD, REST_DTYPE, ROW_GROUP_BYTES, SHARD_NAME,
+    SHARD_PATTERN, SIDECAR, SPLIT_PATTERN, ZSTD_LEVEL, FORMAT, VERSION, CacheMismatchError, as_json,
+    check_split_name, decode_logprobs, encode_logprobs, expected_settings, from_planes, read_sidecar,
+    to_planes, write_sidecar,
+)
 
 
 @dataclass
@@ -132,92 +96,6 @@ def expand(top, vocab_size):
     return out - out.logsumexp(dim=-1, keepdim=True)
 
 
-class CacheMismatchError(ValueError):
-    """The cache on disk is missing, incomplete or built from something else than the caller expects."""
-
-
-# -- encoding: byte planes, and log-prob deltas taken on the bit patterns
-
-def _to_planes(array, dtype):
-    """A numeric array → bytes of its little-endian ``dtype`` values, byte plane by byte plane."""
-    values = np.ascontiguousarray(array, dtype=dtype).reshape(-1)
-    return values.view(np.uint8).reshape(-1, values.itemsize).T.tobytes()
-
-
-def _from_planes(blob, dtype):
-    dtype = np.dtype(dtype)
-    planes = np.frombuffer(blob, dtype=np.uint8).reshape(dtype.itemsize, -1)
-    return np.ascontiguousarray(planes.T).view(dtype).reshape(-1)
-
-
-def _encode_logprobs(logprobs, dtype_name):
-    float_type, bits_type = LOGPROB_DTYPES[dtype_name]
-    bits = np.asarray(logprobs, dtype=np.float32).astype(float_type).view(bits_type)
-    deltas = bits.copy()
-    deltas[:, 1:] -= bits[:, :-1]  # unsigned: wraps modulo 2^bits, undone exactly by the cumsum below
-    return _to_planes(deltas, bits_type)
-
-
-def _decode_logprobs(blob, n, k, dtype_name):
-    float_type, bits_type = LOGPROB_DTYPES[dtype_name]
-    deltas = _from_planes(blob, bits_type).reshape(n, k)
-    bits = np.cumsum(deltas, axis=1, dtype=deltas.dtype)
-    return bits.view(float_type).astype(np.float32)
-
-
-# -- the sidecar and the comparison of settings
-
-def _read_sidecar(directory):
-    """The sidecar's contents, or None when there is none."""
-    path = Path(directory) / SIDECAR
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise CacheMismatchError(f"{path}: line {error.lineno}: not valid JSON ({error.msg})") from None
-
-
-def _write_sidecar(directory, sidecar):
-    path = Path(directory) / SIDECAR
-    partial = path.with_name(f".{SIDECAR}.{os.getpid()}.partial")
-    partial.write_text(json.dumps(sidecar, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(partial, path)
-
-
-def _as_json(identity):
-    try:
-        return json.loads(json.dumps(identity))
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"the cache identity must be JSON data (dicts, lists, strings, numbers): {error}") from None
-
-
-def _differences(expected, found, path=""):
-    """Lines ``field: cache has X, expected Y`` for every field of ``expected`` that ``found`` differs in."""
-    if isinstance(expected, dict) and isinstance(found, dict):
-        lines = []
-        for key in sorted(set(expected) | set(found), key=str):
-            where = f"{path}.{key}" if path else str(key)
-            if key not in found:
-                lines.append(f"{where}: cache has none, expected {expected[key]!r}")
-            elif key not in expected:
-                lines.append(f"{where}: cache has {found[key]!r}, expected none")
-            else:
-                lines.extend(_differences(expected[key], found[key], where))
-        return lines
-    return [] if expected == found else [f"{path}: cache has {found!r}, expected {expected!r}"]
-
-
-def _expected_settings(found, **expected):
-    """Compare only the fields the caller states: the cache's own bookkeeping is not a setting."""
-    return _differences(expected, {key: found.get(key) for key in expected} if isinstance(found, dict) else {})
-
-
-def _check_split_name(split):
-    if not isinstance(split, str) or not SPLIT_PATTERN.fullmatch(split):
-        raise ValueError(f"split names are letters, digits, '_' and '-' (a folder of the cache), got {split!r}")
-
-
 class CacheWriter:
     """Builds a cache shard by shard; resumes a directory built with the same settings."""
 
@@ -232,20 +110,20 @@ class CacheWriter:
         self.directory = Path(directory)
         self.k, self.vocab_size, self.logprob_dtype = k, vocab_size, logprob_dtype
         self.shard_rows, self.row_group_bytes = shard_rows, row_group_bytes
-        self.settings = {"format": FORMAT, "version": VERSION, "identity": _as_json(identity), "k": k,
+        self.settings = {"format": FORMAT, "version": VERSION, "identity": as_json(identity), "k": k,
                          "vocab_size": vocab_size, "logprob_dtype": logprob_dtype, "shard_rows": shard_rows}
         self._n_rows = {}  # split → rows, declared by pending()
         self._prepare_directory()
 
     def _prepare_directory(self):
         try:
-            found = _read_sidecar(self.directory)
-            differences = None if found is None else _expected_settings(found, **self.settings)
+            found = read_sidecar(self.directory)
+            differences = None if found is None else expected_settings(found, **self.settings)
         except CacheMismatchError as error:
             found, differences = {}, [str(error)]
         if found is not None and not differences:  # resume: keep the finished shards
             if found.get("complete"):
-                _write_sidecar(self.directory, {**self.settings, "complete": False})
+                write_sidecar(self.directory, {**self.settings, "complete": False})
             return
         if found is None and not (self.directory.exists() and any(self.directory.iterdir())):
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -253,7 +131,7 @@ class CacheWriter:
             reason = "; ".join(differences) if differences else f"it has files but no {SIDECAR}"
             _clear_cache_directory(self.directory)
             print(f"teacher cache {self.directory}: cleared, {reason}")
-        _write_sidecar(self.directory, {**self.settings, "complete": False})
+        write_sidecar(self.directory, {**self.settings, "complete": False})
 
     def pending(self, split, n_rows, rank=0, world_size=1):
         """Shard indices of ``split`` (``n_rows`` sample ids) not yet written, those of ``rank`` only.
@@ -261,7 +139,7 @@ class CacheWriter:
         A rank's shards are those whose index is ``rank`` modulo ``world_size``: a choice that does not
         depend on what the other ranks have written by the time this one asks.
         """
-        _check_split_name(split)
+        check_split_name(split)
         if not isinstance(n_rows, (int, np.integer)) or n_rows < 0:
             raise ValueError(f"n_rows must be a non-negative int, got {n_rows!r}")
         n_rows = int(n_rows)
@@ -309,7 +187,7 @@ class CacheWriter:
                                  f"{self._n_shards(split)} shards ({listed}); write them, then finish again")
             self._remove_leftovers(split)
         stats = self._stats()
-        _write_sidecar(self.directory, {**self.settings, "complete": True,
+        write_sidecar(self.directory, {**self.settings, "complete": True,
                                         "splits": {s: {"n_rows": n} for s, n in self._n_rows.items()},
                                         "stats": stats})
         return stats
@@ -351,9 +229,9 @@ class CacheWriter:
         return pa.table({
             "sample_id": pa.array(list(rows), pa.int64()),
             "n_positions": pa.array([len(e) for e in entries], pa.int32()),
-            "ids": pa.array([_to_planes(ids, ID_DTYPE) for ids, _, _ in as_numpy], pa.binary()),
-            "logprobs": pa.array([_encode_logprobs(lp, self.logprob_dtype) for _, lp, _ in as_numpy], pa.binary()),
-            "log_rest": pa.array([_to_planes(rest, REST_DTYPE) for _, _, rest in as_numpy], pa.binary()),
+            "ids": pa.array([to_planes(ids, ID_DTYPE) for ids, _, _ in as_numpy], pa.binary()),
+            "logprobs": pa.array([encode_logprobs(lp, self.logprob_dtype) for _, lp, _ in as_numpy], pa.binary()),
+            "log_rest": pa.array([to_planes(rest, REST_DTYPE) for _, _, rest in as_numpy], pa.binary()),
         })
 
     def _rows_per_group(self, entries):
@@ -405,12 +283,12 @@ class CacheReader:
 
     def __init__(self, directory, identity, vocab_size=None, k=None, cached_groups=16):
         self.directory = Path(directory)
-        found = _read_sidecar(self.directory)
+        found = read_sidecar(self.directory)
         if found is None:
             raise CacheMismatchError(f"no teacher cache at {self.directory} (no {SIDECAR}); {REBUILD}")
-        expected = {"format": FORMAT, "version": VERSION, "identity": _as_json(identity)}
+        expected = {"format": FORMAT, "version": VERSION, "identity": as_json(identity)}
         expected.update({key: value for key, value in (("k", k), ("vocab_size", vocab_size)) if value is not None})
-        differences = _expected_settings(found, **expected)
+        differences = expected_settings(found, **expected)
         if differences:
             raise CacheMismatchError(f"teacher cache {self.directory} was built from something else: "
                                      + "; ".join(differences) + f"; {REBUILD}")
@@ -441,9 +319,9 @@ class CacheReader:
         starts = self._starts(split, shard)
         group = bisect.bisect_right(starts, offset) - 1
         _, n, ids, logprobs, log_rest = self._group(split, shard, group)[offset - starts[group]]
-        return TopK(ids=torch.from_numpy(_from_planes(ids, ID_DTYPE).astype(np.int64).reshape(n, self.k)),
-                    logprobs=torch.from_numpy(_decode_logprobs(logprobs, n, self.k, self.logprob_dtype)),
-                    log_rest=torch.from_numpy(_from_planes(log_rest, REST_DTYPE).astype(np.float32)))
+        return TopK(ids=torch.from_numpy(from_planes(ids, ID_DTYPE).astype(np.int64).reshape(n, self.k)),
+                    logprobs=torch.from_numpy(decode_logprobs(logprobs, n, self.k, self.logprob_dtype)),
+                    log_rest=torch.from_numpy(from_planes(log_rest, REST_DTYPE).astype(np.float32)))
 
     def _path(self, split, shard):
         path = self.directory / split / SHARD_NAME.format(shard)
