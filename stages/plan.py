@@ -45,8 +45,10 @@ def load_recipe(path):
         raise StageError(f"recipe {path} not found")
     try:
         recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:  # its message names the line and column
-        raise StageError(f"{path}: not valid YAML: {error}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise StageError(f"{where}: not valid YAML: {getattr(error, 'problem', None) or error}") from None
     if not isinstance(recipe, dict):
         raise StageError(f"{path}: a recipe is a mapping of params sections, got {type(recipe).__name__}")
     return recipe

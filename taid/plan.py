@@ -64,8 +64,8 @@ RESIDUAL_BYTES = {"fp32 residual": 4, "bf16 residual": 2, "fp32": 4}
 # gradients): read off torch's memory-profiler timeline on CPU; tests/test_plan.py measures it again.
 LOSS_CHUNK_BUFFERS = 12.25
 # A teacher's forward under no_grad, one layer at a time: at most three [tokens, intermediate] bf16 MLP
-# tensors and eight bytes per hidden unit of norm temporaries, per token (an upper bound: measured 75–90%
-# of it on CPU, tests/test_plan.py).
+# tensors (gate or silu, up, their product) and eight bytes per hidden unit of norm temporaries, per token
+# (an upper bound: 85% of it measured on CPU for 512 tokens, tests/test_plan.py).
 TEACHER_WORKING_BYTES = (6, 8)   # (per intermediate, per hidden)
 
 
