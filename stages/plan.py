@@ -23,7 +23,7 @@ from taid.trainer import TrainConfig
 # plan: keys a recipe may set, with their defaults (see configs/recipes/*.yaml for what each means)
 PLAN_DEFAULTS = {"gpu": "H100 80GB SXM", "gpus": 8, "gpu_mem_gib": 80.0, "peak_tflops": 989.0, "mfu": 0.35,
                  "layout": "fsdp", "teacher_placement": "sharded", "teacher_gpus": 0, "reserve_gib": 4.0,
-                 "tokens": 0, "tokenizer_size": None}
+                 "tokens": 0, "tokenizer_size": 0}
 # outputs of earlier stages, which have the shapes of the models they come from
 STAGE_OUTPUTS = {"models/student": ("distill", "student"), "models/teacher": ("teacher", "model")}
 
@@ -79,6 +79,8 @@ def stage_models(params, stage):
     else:
         teacher_source = None if section.get("method") == "sft" else teacher.get("source")
         seq_len = params.get("chat", {}).get("seq_len")
+    if not section.get("student"):
+        raise StageError(f"{stage}.student is not set")
     return section["student"], teacher_source, teacher, section.get("train") or {}, seq_len
 
 
@@ -93,7 +95,10 @@ def model_source(source, params):
 def build_setup(params, stage, args, where):
     plan = plan_settings(params, where)
     student, teacher_source, teacher, train, seq_len = stage_models(params, stage)
-    cfg = TrainConfig.from_params(train, where=f"{where}: {stage}.train")
+    try:
+        cfg = TrainConfig.from_params(train, where=f"{where}: {stage}.train")
+    except TypeError as error:   # a required key (steps) is missing
+        raise StageError(f"{where}: {stage}.train: {error}") from None
     placement = args.placement or plan["teacher_placement"]
     mode = teacher.get("mode", "live")
     if teacher_source is None:
@@ -214,18 +219,27 @@ def add_arguments(parser):
     parser.add_argument("--mfu", type=float, help="assumed model FLOPs utilisation (default: plan.mfu)")
 
 
+def plan_for(params, args, where):
+    """The plan and what it was made from; a bad setting raises StageError naming the recipe."""
+    try:
+        setup, student_source, teacher_source, plan_cfg = build_setup(params, args.stage, args, where)
+        student = model_shape(student_source, resolve_config(student_source))
+        teacher = model_shape(teacher_source, resolve_config(teacher_source)) if teacher_source else None
+        tokenizer_size = plan_cfg["tokenizer_size"] or None
+        return make_plan(student, teacher, setup, tokenizer_size), (student_source, teacher_source), plan_cfg
+    except ValueError as error:   # impossible layouts, unknown train keys, sizes the tokenizer does not fit
+        raise StageError(f"{where}: {error}") from None
+
+
 def run(args, params):
     where = args.recipe or args.params
     if args.recipe:
         params = apply_recipe(params, load_recipe(args.recipe))
-    setup, student_source, teacher_source, plan_cfg = build_setup(params, args.stage, args, where)
-    student = model_shape(student_source, resolve_config(student_source))
-    teacher = model_shape(teacher_source, resolve_config(teacher_source)) if teacher_source else None
-    plan = make_plan(student, teacher, setup, plan_cfg["tokenizer_size"])
-    print_plan(plan, (student_source, teacher_source), plan_cfg, where, args.stage)
+    plan, sources, plan_cfg = plan_for(params, args, where)
+    print_plan(plan, sources, plan_cfg, where, args.stage)
     problems = plan.problems()
     if problems:
-        alternatives = layouts_that_fit(student, teacher, setup, plan_cfg["tokenizer_size"])
+        alternatives = layouts_that_fit(plan.student, plan.teacher, plan.setup, plan.n_shared)
         hint = f"; fits as: {', '.join(alternatives)}" if alternatives else \
             "; no other layout fits either: more or larger GPUs, a smaller batch_size or the cache placement"
         raise StageError("does not fit: " + "; ".join(problems) + hint)

@@ -15,6 +15,7 @@ from taid.models import config_for, is_config_file
 from taid.vocab import shared_vocab_size
 
 GIB = 2**30
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs" / "models"   # committed model configs
 LAYOUTS = ("ddp", "fsdp", "zero3")
 PLACEMENTS = ("sharded", "replicated", "separate", "cache")
 PRECISIONS = ("bf16", "fp32")
@@ -99,7 +100,7 @@ def model_shape(name, config):
     )
 
 
-def resolve_config(source, configs_dir="configs/models"):
+def resolve_config(source, configs_dir=CONFIGS_DIR):
     """The config a model source describes: a config JSON, a local model directory, or a hub id whose
     config is committed as ``configs/models/<name>.json`` (Qwen/Qwen2.5-32B-Instruct →
     qwen2.5-32b-instruct.json). Never downloads."""
@@ -184,7 +185,7 @@ def student_state_bytes(shape, setup):
     }
     if setup.layout == "ddp" and setup.student_gpus > 1:
         terms["student gradients"] += shape.n_params * DDP_BUCKET_BYTES
-    if setup.layout != "ddp":  # the unit being computed and the prefetched one, plus one unit's full gradient
+    if setup.layout != "ddp":  # the unit computed and the one prefetched, plus one unit's unsharded gradient
         compute = 2 if setup.precision == "bf16" else 4
         terms["gathered student units"] = shape.largest_unit * (2 * compute + grads)
     return terms
@@ -198,7 +199,9 @@ def activation_bytes(shape, tokens, kind, checkpointing):
     r = RESIDUAL_BYTES[kind]
     per_layer = tokens * (c_h * shape.hidden + c_kv * shape.kv_hidden + c_i * shape.intermediate
                           + c_a * shape.heads + c_0)
-    outside = tokens * 2 * (4 + r) * shape.hidden   # final norm and embeddings: one norm's worth, doubled
+    # outside the layers (final norm, embedding output, rotary tables): measured 8–13 bytes per hidden unit
+    # per token on CPU; bounded by two norms' worth
+    outside = tokens * 2 * (4 + r) * shape.hidden
     if checkpointing:
         return shape.layers * tokens * r * shape.hidden + per_layer + outside
     return shape.layers * per_layer + outside

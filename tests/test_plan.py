@@ -315,6 +315,8 @@ def test_a_recipe_is_laid_over_params_key_by_key():
     ("plan: {gpuz: 8}\n", "unknown plan keys \\['gpuz'\\]"),
     ("plan: {tokens: 5.0e9}\n", "plan.tokens must be a number"),
     ("plan: {teacher_placement: cache}\n", "teacher_placement is cache but distill.teacher.mode is live"),
+    ("plan: {layout: ddp, teacher_placement: sharded}\n", "ddp cannot shard the teacher"),
+    ("plan: {tokenizer_size: 200000}\n", "has 152064 output rows but the tokenizer has 200000 ids"),
 ])
 def test_bad_recipes_are_refused_naming_the_file(tmp_path, text, message):
     recipe = tmp_path / "bad.yaml"
@@ -322,6 +324,18 @@ def test_bad_recipes_are_refused_naming_the_file(tmp_path, text, message):
     with pytest.raises(StageError, match=message) as error:
         plan_stage.run(plan_args(recipe), repo_params())
     assert "bad.yaml" in str(error.value)
+
+
+@pytest.mark.parametrize("distill, message", [
+    ({"teacher": {"source": "Qwen/Qwen2.5-32B-Instruct"}}, "distill.student is not set"),
+    ({"student": "Qwen/Qwen2.5-1.5B-Instruct", "train": {"batch_size": 2}}, "distill.train.*'steps'"),
+    ({"student": "Someone/Unknown-1B", "train": {"steps": 1}}, "unknown-1b.json is not committed"),
+])
+def test_a_recipe_missing_what_the_plan_needs_is_refused(tmp_path, distill, message):
+    recipe = tmp_path / "thin.yaml"
+    recipe.write_text(yaml.safe_dump({"distill": distill, "plan": {"layout": "fsdp"}}))
+    with pytest.raises(StageError, match=message):
+        plan_stage.run(plan_args(recipe), {})   # nothing from params.yaml to fill the gaps
 
 
 # -- accelerate configs, read by accelerate's own classes
