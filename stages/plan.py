@@ -187,6 +187,8 @@ def print_plan(plan, sources, plan_cfg, where, stage):
     lines += memory_lines("memory per student GPU", plan.memory, setup)
     with_ckpt, without = plan.activations[True], plan.activations[False]
     lines.append(f"  activations with gradient checkpointing {with_ckpt / GIB:.2f} GiB, without {without / GIB:.2f} GiB")
+    lines.append("  within a step, one at a time (the peak counts the larger): "
+                 + ", ".join(f"{name} {size / GIB:.2f} GiB" for name, size in plan.transients.items() if size))
     if plan.teacher_memory:
         lines += memory_lines(f"memory per teacher GPU ({setup.teacher_gpus})", plan.teacher_memory, setup)
     lines += time_lines(plan, plan_cfg)

@@ -252,18 +252,26 @@ def student_gpu_memory(student, teacher, setup):
     return terms
 
 
-def peak_phase(student, teacher, setup):
-    """Memory peaks at the end of the forward, when all activations are alive and the teacher's forward
-    or the loss runs, or in the optimizer step, after they are freed: the terms of the larger."""
-    tokens = setup.micro_tokens
-    loss = loss_bytes(student, teacher, tokens, setup)
+def transient_bytes(student, teacher, setup):
+    """What comes and goes within a step: the loss, the teacher's forward, the optimizer's temporaries."""
     teacher_forward = 0.0
     if teacher is not None and setup.placement in ("sharded", "replicated"):
-        teacher_forward = teacher_forward_bytes(teacher, tokens, setup.teacher_dtype)
-    forward = {"activations": activation_bytes(student, tokens, setup.activation_kind, setup.checkpointing),
-               "teacher forward" if teacher_forward > loss else "chunked loss": max(teacher_forward, loss)}
+        teacher_forward = teacher_forward_bytes(teacher, setup.micro_tokens, setup.teacher_dtype)
     shards = 1 if setup.layout == "ddp" else setup.student_gpus
-    step = {"optimizer step temporaries": student.n_params * OPTIMIZER_STEP_BYTES[setup.layout] / shards}
+    return {"chunked loss": loss_bytes(student, teacher, setup.micro_tokens, setup),
+            "teacher forward": teacher_forward,
+            "optimizer step temporaries": student.n_params * OPTIMIZER_STEP_BYTES[setup.layout] / shards}
+
+
+def peak_phase(student, teacher, setup):
+    """Memory peaks at the end of the forward, when all activations are alive and the teacher's forward
+    or the loss runs (one after the other), or in the optimizer step, after they are freed: the terms of
+    the larger."""
+    transient = transient_bytes(student, teacher, setup)
+    larger = max(("chunked loss", "teacher forward"), key=transient.get)
+    forward = {"activations": activation_bytes(student, setup.micro_tokens, setup.activation_kind, setup.checkpointing),
+               larger: transient[larger]}
+    step = {"optimizer step temporaries": transient["optimizer step temporaries"]}
     return forward if sum(forward.values()) >= sum(step.values()) else step
 
 
@@ -302,6 +310,7 @@ class Plan:
     memory: dict = field(default_factory=dict)          # bytes on a student GPU, by term
     teacher_memory: dict = field(default_factory=dict)  # bytes on a teacher GPU (separate placement)
     activations: dict = field(default_factory=dict)     # with / without checkpointing
+    transients: dict = field(default_factory=dict)      # each transient term, counted or not (transient_bytes)
     tokens_per_step: int = 0
     tokens_per_second: float = 0.0
     cache_pass_seconds: float = 0.0                      # cache placement: the teacher's one pass over the data
@@ -339,6 +348,7 @@ def make_plan(student, teacher, setup, tokenizer_size=None):
         plan.teacher_memory = teacher_gpu_memory(teacher, setup)
     plan.activations = {ckpt: activation_bytes(student, setup.micro_tokens, setup.activation_kind, ckpt)
                         for ckpt in (True, False)}
+    plan.transients = transient_bytes(student, teacher, setup)
     plan.tokens_per_step = setup.batch_size * setup.grad_accum * setup.student_gpus * setup.seq_len
     plan.tokens_per_second = tokens_per_second(student, teacher, setup)
     if teacher is not None and setup.placement == "cache":

@@ -90,6 +90,8 @@ def test_fsdp_with_a_sharded_teacher_by_hand():
         "reserved": 0.0,
     })
     assert sum(plan.memory.values()) == pytest.approx(37_210)
+    assert plan.transients == pytest.approx({"chunked loss": 15_130, "teacher forward": 9_600,
+                                             "optimizer step temporaries": 1000 * 4 / 4})
 
 
 def test_ddp_with_a_replicated_teacher_by_hand():
