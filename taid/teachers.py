@@ -8,7 +8,7 @@ kept positions, so the chunked loss asks for one chunk at a time and never holds
 import torch
 
 from taid.cache import TopK, expand
-from taid.models import final_hidden, lm_head_weight
+from taid.models import lm_head_weight
 
 
 class LiveTeacher:
@@ -23,7 +23,11 @@ class LiveTeacher:
 
     @torch.no_grad()
     def kept(self, batch):
-        hidden = final_hidden(self.model, batch)[:, :-1][batch["mask"]]
+        # the base model's output, not final_hidden: without gradients nothing needs every layer's states,
+        # and a 32B teacher's would cost GiBs per GPU
+        out = self.model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                    use_cache=False)
+        hidden = out.last_hidden_state[:, :-1][batch["mask"]]
         head = lm_head_weight(self.model)
         return HeadLogits(hidden, head if self.n_shared is None else head[: self.n_shared])
 

@@ -72,7 +72,9 @@ def train(model, objective, train_rows, valid_rows, cfg, *, schedule=None, check
     """Train ``model`` on packed ``train_rows`` with ``objective``; see the module docstring. Rows are
     arrays or ``taid.data.Split`` (chat data: with targets)."""
     train_rows, valid_rows = as_split(train_rows, "train"), as_split(valid_rows, "valid")
-    accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.precision))
+    # step_scheduler_with_optimizer=False: accelerate would otherwise step the LR schedule once per process
+    # on every optimizer step, running it N times too fast under N processes
+    accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.precision), step_scheduler_with_optimizer=False)
     torch.manual_seed(cfg.seed)
     if cfg.gradient_checkpointing:  # renamed in later transformers 5 releases
         (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
