@@ -96,9 +96,9 @@ def run_stage(scratch, corpus_dir, workers, tasks):
     corpus = {**params["corpus"], "workers": workers, "tasks": tasks,
               "sources": [{"name": "generated", "type": "jsonl", "path": str(corpus_dir)}]}
     from corpus.run import run_corpus
-    from transformers import AutoTokenizer
+    from taid.vocab import load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(scratch / "tokenizer")
+    tokenizer = load_tokenizer(scratch / "tokenizer")
     report = run_corpus(corpus, scratch / f"work-{workers}", tokenizer, scratch / f"out-{workers}",
                         params["prepare"]["seq_len"])
     print(json.dumps({"seconds": report["seconds"], "documents_in": report["documents_in"],

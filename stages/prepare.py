@@ -5,12 +5,11 @@ Reads the sources of ``corpus`` in params.yaml; normalises, filters, deduplicate
 ``train.npy`` / ``valid.npy`` (int32 ``[n, seq_len]``, see ``taid.data``) and ``meta.json`` in ``--out``;
 writes the report to ``--report`` and prints its summary.
 """
-from transformers import AutoTokenizer
 
 from corpus.report import summary
 from corpus.run import EmptyCorpusError, run_corpus
 from stages.common import StageError, atomic_dir, section, stage_main, write_json
-from taid.vocab import tokenizer_fingerprint
+from taid.vocab import load_tokenizer, tokenizer_fingerprint
 
 
 def add_arguments(parser):
@@ -22,7 +21,7 @@ def add_arguments(parser):
 
 def run(args, params):
     corpus, seq_len = section(params, "corpus"), section(params, "prepare")["seq_len"]
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    tokenizer = load_tokenizer(args.tokenizer)
     if tokenizer.eos_token_id is None:
         raise StageError(f"tokenizer {args.tokenizer} has no EOS token to separate documents")
     with atomic_dir(args.out) as out:

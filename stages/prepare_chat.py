@@ -5,14 +5,13 @@ renders each conversation with the tokenizer's chat template and writes to ``--o
 (int32 ``[n_rows, seq_len]``, padding -1), ``{train,valid}.targets.npy`` (bool, True on answer tokens) and
 ``meta.json``; writes the report to ``--report`` and prints its summary.
 """
-from transformers import AutoTokenizer
 
 from chat.prepare import prepare_chat
 from chat.report import summary
 from chat.template import require_chat_template, template_sha256
 from stages.common import atomic_dir, section, stage_main, write_json
 from taid.data import PAD
-from taid.vocab import tokenizer_fingerprint
+from taid.vocab import load_tokenizer, tokenizer_fingerprint
 
 
 def add_arguments(parser):
@@ -23,7 +22,7 @@ def add_arguments(parser):
 
 def run(args, params):
     chat = section(params, "chat", getattr(args, "params", "params.yaml"))
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    tokenizer = load_tokenizer(args.tokenizer)
     require_chat_template(tokenizer, args.tokenizer)
     with atomic_dir(args.out) as out:
         report = prepare_chat(chat, tokenizer, out)

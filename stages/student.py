@@ -6,7 +6,6 @@ block (see ``stages.teacher_block``) and the training settings. The stage writes
 Face model directory, its metrics and per-step curves for ``dvc plots``.
 """
 from accelerate import PartialState
-from transformers import AutoTokenizer
 
 from stages.common import StageError, section, stage_main, write_json
 from stages.teacher_block import stage_teacher, teacher_block, teacher_identity
@@ -18,7 +17,7 @@ from taid.models import is_config_file, load_model
 from taid.objective import Objective
 from taid.schedule import TAIDSchedule
 from taid.trainer import train
-from taid.vocab import check_same_tokenizer, shared_vocab_size
+from taid.vocab import check_same_tokenizer, load_tokenizer, shared_vocab_size
 
 METHODS = ("distill", "sft")
 
@@ -31,7 +30,7 @@ def add_student_arguments(parser, stage):
 
 def load_student(source, tokenizer, tokenizer_dir, seed):
     if not is_config_file(source):
-        check_same_tokenizer(tokenizer, AutoTokenizer.from_pretrained(source), tokenizer_dir, source)
+        check_same_tokenizer(tokenizer, load_tokenizer(source), tokenizer_dir, source)
     return load_model(source, tokenizer, seed=seed)
 
 
@@ -66,7 +65,7 @@ def build_objective(stage, settings, params, args, tokenizer, student, cfg):
 def train_student(stage, args, params):
     settings, seed = section(params, stage), params.get("seed", 0)
     cfg = train_config(settings["train"], seed, stage)
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    tokenizer = load_tokenizer(args.tokenizer)
     train_rows, valid_rows = load_prepared(args.data, tokenizer)
     student = load_student(settings["student"], tokenizer, args.tokenizer, seed)
     objective, schedule, describe = build_objective(stage, settings, params, args, tokenizer, student, cfg)

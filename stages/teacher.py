@@ -7,7 +7,6 @@ path): resolve it, check its tokenizer is the pipeline's, and record its identit
 ``teacher.source`` is this directory refuses a teacher that no longer matches it.
 """
 from accelerate import PartialState
-from transformers import AutoTokenizer
 
 from stages.common import StageError, atomic_dir, section, stage_main, write_json
 from stages.training import (
@@ -17,7 +16,7 @@ from stages.training import (
 from taid.models import config_for, is_config_file, load_model, model_identity, weights_hash
 from taid.objective import Objective
 from taid.trainer import train
-from taid.vocab import check_same_tokenizer
+from taid.vocab import check_same_tokenizer, load_tokenizer
 
 
 def train_teacher(settings, seed, tokenizer, args):
@@ -57,7 +56,7 @@ def resolve_teacher(settings, tokenizer, tokenizer_dir, out_dir):
     source = settings["model"]
     try:
         config = config_for(source)
-        teacher_tokenizer = AutoTokenizer.from_pretrained(source)
+        teacher_tokenizer = load_tokenizer(source)
     except OSError as error:
         raise StageError(f"teacher {source!r} could not be resolved: {error}") from error
     check_same_tokenizer(teacher_tokenizer, tokenizer, source, tokenizer_dir)
@@ -75,7 +74,7 @@ def add_arguments(parser):
 
 def run(args, params):
     settings = section(params, "teacher")
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    tokenizer = load_tokenizer(args.tokenizer)
     if is_config_file(settings["model"]):
         metrics = train_teacher(settings, params.get("seed", 0), tokenizer, args)
     else:

@@ -11,13 +11,12 @@ every step or is read from the stage's offline top-k cache (stage ``teacher_cach
 import json
 from pathlib import Path
 
-from transformers import AutoTokenizer
 
 from stages.common import StageError
 from taid.cache import CacheReader
 from taid.models import config_for, config_hash, load_model
 from taid.teachers import CachedTeacher, LiveTeacher
-from taid.vocab import check_same_tokenizer, tokenizer_fingerprint
+from taid.vocab import check_same_tokenizer, load_tokenizer, tokenizer_fingerprint
 
 CACHE_DEFAULTS = {"k": 64, "logprob_dtype": "float16", "shard_rows": 256, "batch_size": 16}
 DEFAULTS = {"dtype": "auto", "device_map": None, "mode": "live", "cache": CACHE_DEFAULTS}
@@ -69,7 +68,7 @@ def teacher_identity(block):
 def load_live_teacher(block, tokenizer, tokenizer_dir):
     source, _ = resolve(block["source"])
     teacher_identity(block)  # refuses a source that no longer matches the teacher stage's record
-    check_same_tokenizer(AutoTokenizer.from_pretrained(source), tokenizer, source, tokenizer_dir)
+    check_same_tokenizer(load_tokenizer(source), tokenizer, source, tokenizer_dir)
     model = load_model(source, dtype=block["dtype"], device_map=block["device_map"])
     return model.requires_grad_(False).eval()
 

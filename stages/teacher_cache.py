@@ -13,7 +13,6 @@ from pathlib import Path
 
 from accelerate import PartialState
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer
 
 from stages.common import atomic_dir, stage_main, write_json
 from stages.teacher_block import cache_identity, load_live_teacher, teacher_block
@@ -21,7 +20,7 @@ from stages.training import data_sha256, load_prepared
 from taid.cache import CacheWriter, TopK, top_k
 from taid.data import to_batch
 from taid.teachers import LiveTeacher
-from taid.vocab import shared_vocab_size
+from taid.vocab import load_tokenizer, shared_vocab_size
 
 
 FIELDS = ("ids", "logprobs", "log_rest")
@@ -80,7 +79,7 @@ def run(args, params):
     if (Path(args.out) / "mode.json").is_file():  # the marker of an earlier live-mode run
         shutil.rmtree(args.out)
     started = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    tokenizer = load_tokenizer(args.tokenizer)
     stats = build_cache(block, tokenizer, args.tokenizer, args.data, args.out)
     if stats is None:  # not the main process
         return

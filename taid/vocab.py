@@ -6,17 +6,36 @@ the tokenizer's ids only, after checking both sides use the very same tokenizer.
 """
 import hashlib
 import json
+from pathlib import Path
+
+import transformers
+
+# Encoded as part of a tokenizer's fingerprint: two tokenizers with one vocabulary but other rules (a
+# pre-tokenizer, normaliser or byte fallback) split it differently.
+PROBE = "日本語の文章、ｶﾀｶﾅと全角ＡＢＣ、English words 123 🍣\n  <|im_start|>user\n東京<|im_end|>"
 
 
 class TokenizerMismatchError(ValueError):
     pass
 
 
+def load_tokenizer(source):
+    """The tokenizer at ``source``, of the class its tokenizer_config.json names. transformers 5's
+    AutoTokenizer goes by the model's config.json instead: a SentencePiece tokenizer saved beside a qwen2
+    model comes back as a Qwen2Tokenizer that encodes Japanese text to nothing."""
+    config = Path(source) / "tokenizer_config.json"
+    named = json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class") if config.is_file() else None
+    tokenizer_class = getattr(transformers, named, None) if named else None
+    return (tokenizer_class or transformers.AutoTokenizer).from_pretrained(source)
+
+
 def tokenizer_fingerprint(tokenizer):
-    """A hash of everything that decides token ids: the vocabulary and the special tokens."""
+    """A hash of everything that decides token ids: the vocabulary, the special tokens and how a probe
+    text is split."""
     payload = {
         "vocab": sorted(tokenizer.get_vocab().items()),
         "special": sorted((str(k), str(v)) for k, v in tokenizer.special_tokens_map.items()),
+        "probe": tokenizer.encode(PROBE, add_special_tokens=False),
     }
     return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()
 

@@ -17,6 +17,7 @@ from stages.student import train_student
 from taid.data import unpack
 from taid.losses import LOSSES
 from taid.models import load_model
+from taid.vocab import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SENTENCES = ["今日は良い天気です。", "東京から大阪まで新幹線で行きます。", "猫が庭で寝ています。",
@@ -126,7 +127,7 @@ def test_every_baseline_loss_runs_the_same_stage(pipeline, loss):
 def test_real_recipe_path_loads_teacher_student_and_tokenizer_from_local_directories(pipeline, tmp_path):
     """The hub-id/path code path, on local directories: nothing is trained from a config here."""
     student_dir = tmp_path / "pretrained-student"
-    tok = AutoTokenizer.from_pretrained(pipeline.teacher)
+    tok = load_tokenizer(pipeline.teacher)
     load_model(REPO / "configs/models/student-tiny.json", tok, seed=7).save_pretrained(student_dir)
     tok.save_pretrained(student_dir)
     params, _ = write_params(pipeline.root, **{"tokenizer.source": str(pipeline.teacher),

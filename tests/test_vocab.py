@@ -1,12 +1,15 @@
 import numpy as np
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from stages.tokenizer import train_sentencepiece
 from taid.objective import Objective
 from taid.schedule import TAIDSchedule
 from taid.trainer import TrainConfig, train
-from taid.vocab import TokenizerMismatchError, check_same_tokenizer, shared_vocab_size, tokenizer_fingerprint
+from taid.vocab import (
+    TokenizerMismatchError, check_same_tokenizer, load_tokenizer, shared_vocab_size, tokenizer_fingerprint,
+)
 from tests.conftest import tiny_qwen2
 
 TEXT = ["今日は良い天気です。明日は雨が降るでしょう。", "りんごを三つ買いました。猫が庭で寝ています。",
@@ -75,3 +78,20 @@ def test_the_trained_tokenizer_is_byte_identical_run_to_run(tmp_path):
         train_sentencepiece(TEXT, 320, tmp_path / name)
     for path in sorted((tmp_path / "a").iterdir()):
         assert path.read_bytes() == (tmp_path / "b" / path.name).read_bytes(), path.name
+
+
+def test_a_tokenizer_saved_beside_a_qwen2_model_loads_as_the_class_it_was_saved_as(tmp_path):
+    tokenizer = train_sentencepiece(TEXT, 320, tmp_path / "tokenizer")
+    model_dir = tmp_path / "model"
+    tiny_qwen2(vocab_size=len(tokenizer)).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    text = "明日は雨が降るでしょう。"
+    loaded = load_tokenizer(model_dir)
+    assert type(loaded) is type(tokenizer)
+    assert loaded.encode(text) == tokenizer.encode(text) and len(tokenizer.encode(text)) > 1
+    assert tokenizer_fingerprint(loaded) == tokenizer_fingerprint(tokenizer)
+    # the class transformers would pick from config.json splits differently: the fingerprint tells them apart
+    by_model_type = AutoTokenizer.from_pretrained(model_dir)
+    if by_model_type.encode(text) != tokenizer.encode(text):
+        with pytest.raises(TokenizerMismatchError):
+            check_same_tokenizer(by_model_type, tokenizer, "by model type", "as saved")

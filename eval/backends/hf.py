@@ -1,12 +1,12 @@
 """A Hugging Face transformers model as an evaluation backend: batched, greedy, stop sequences."""
 import torch
-from transformers import AutoTokenizer, GenerationConfig, StoppingCriteria, StoppingCriteriaList
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from eval.prompts import cut_at_stop
 from taid.data import to_batch
 from taid.models import load_model
 from taid.objective import Objective, final_hidden
-from taid.vocab import tokenizer_fingerprint
+from taid.vocab import load_tokenizer, tokenizer_fingerprint
 
 
 class HFBackend:
@@ -25,7 +25,7 @@ class HFBackend:
     def from_directory(cls, path, dtype="float32", device="auto", loss_chunk_size=1024):
         device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         model = load_model(str(path), dtype=dtype).to(device)
-        return cls(model, AutoTokenizer.from_pretrained(path), loss_chunk_size)
+        return cls(model, load_tokenizer(path), loss_chunk_size)
 
     # -- the backend interface (see eval.backends)
 
