@@ -19,6 +19,7 @@ float16 subnormal scale can (group max|w| below 7 · 2^-14 ≈ 4.3e-4), or a sca
 """
 import numpy as np
 
+BLOCK_ELEMENTS = 1 << 22   # weights quantized per step (float64 temporaries of 32 MiB each)
 _BF16_LIMIT = np.float32(np.frombuffer(np.uint32(0x7F7F0000).tobytes(), np.float32)[0])  # largest bf16
 
 
@@ -41,6 +42,18 @@ def quantize(weight, spec, f32_as_bf16=False):
     weight = np.asarray(weight)
     if weight.ndim != 2:
         raise ValueError(f"quantize: expected a 2-D weight, got shape {weight.shape}")
+    n, k = weight.shape
+    groups = group_count(k, spec.group_size)
+    q_weight = np.empty((n, groups * spec.words_per_group), dtype=np.uint32)
+    q_scale = np.empty((n, groups), dtype=spec.model_dtype)
+    block = max(1, BLOCK_ELEMENTS // max(k, 1))   # rows at a time: bounds the float64 temporaries
+    for start in range(0, n, block):
+        rows = slice(start, start + block)
+        q_weight[rows], q_scale[rows] = _quantize_rows(weight[rows], spec, f32_as_bf16)
+    return q_weight, q_scale
+
+
+def _quantize_rows(weight, spec, f32_as_bf16):
     if not np.all(np.isfinite(weight)):
         raise ValueError("quantize: the weight holds NaN or infinite values")
     groups = pad_groups(weight.astype(np.float64), spec.group_size)

@@ -21,9 +21,9 @@ def mlc_llm_installed():
     return importlib.util.find_spec("mlc_llm") is not None
 
 
-def mlc_llm_commands(model_dir, quant, out_dir):
+def mlc_llm_commands(model_dir, quant, out_dir, program=("mlc_llm",)):
     """convert_weight and gen_config as mlc_llm's CLI takes them."""
-    base = [sys.executable, "-m", "mlc_llm"]
+    base = list(program)
     return [base + ["convert_weight", str(model_dir), "--quantization", quant, "--model-type", "qwen2",
                     "--device", "cpu", "-o", str(out_dir)],
             base + ["gen_config", str(model_dir), "--quantization", quant, "--model-type", "qwen2",
@@ -49,7 +49,7 @@ def source_with_rope_theta(model_dir, work_dir):
 
 def run_mlc_llm(model_dir, quant, out_dir):
     model_dir = source_with_rope_theta(model_dir, Path(out_dir).parent / f"{Path(out_dir).name}-source")
-    for command in mlc_llm_commands(model_dir, quant, out_dir):
+    for command in mlc_llm_commands(model_dir, quant, out_dir, program=(sys.executable, "-m", "mlc_llm")):
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"{shlex.join(command)} failed: {done.stderr.strip().splitlines()[-1:]}")
@@ -95,8 +95,9 @@ def compare_chat_configs(ours_dir, reference_dir):
 def mlc_llm_reference(model_dir, quant, ours_dir, work_dir):
     """The comparison with mlc_llm's own output, or a note saying it is not installed."""
     if not mlc_llm_installed():
-        return {"ran": False, "note": "mlc_llm is not installed; the commands it would run: "
-                + " && ".join(shlex.join(c) for c in mlc_llm_commands(model_dir, quant, work_dir))}
+        commands = mlc_llm_commands(model_dir, quant, "<reference folder>")
+        return {"ran": False, "note": "mlc_llm is not installed (it is not on PyPI); with it, the reference is "
+                + " && ".join(shlex.join(c) for c in commands)}
     reference = run_mlc_llm(model_dir, quant, work_dir)
     return {"ran": True, "weights": compare_caches(ours_dir, reference, quant),
             "chat_config": compare_chat_configs(ours_dir, reference)}

@@ -21,7 +21,7 @@ from export.mlc import HFWeights, qwen2_entries
 from export.mlc_cache import check_index_copies, load_tensors
 from export.mlc_config import load_tokenizer, render_conversation
 from export.mlc_format import CHAT_CONFIG_FILE, INDEX_FILES, QUANTIZED, get_quantization
-from export.mlc_quant import bf16_round, dequantize, error_bound, quantize
+from export.mlc_quant import BLOCK_ELEMENTS, bf16_round, dequantize, error_bound, quantize
 
 SAMPLE_CHAT = [("user", "こんにちは。自己紹介してください。"), ("assistant", "はい、私はアシスタントです。"),
                ("user", "日本で一番高い山は？")]
@@ -45,44 +45,64 @@ def check_index(out_dir, config):
                      "unexpected": extra}
 
 
+class WeightStats:
+    """What the weights check accumulates over every quantized element."""
+
+    def __init__(self):
+        self.worst_ratio, self.clipped, self.elements, self.abs_error = 0.0, 0, 0, 0.0
+
+    def add(self, source, restored, q_scale, spec):
+        """Returns whether every element of this block is within the bound."""
+        error = np.abs(source.astype(np.float64) - restored)
+        scales = np.repeat(q_scale.astype(np.float64), spec.group_size, axis=1)[:, :source.shape[1]]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            self.worst_ratio = max(self.worst_ratio, float(np.max(np.where(scales > 0, error / scales, 0.0))))
+        self.clipped += int(np.sum(np.abs(source) > spec.max_int * scales + scales / 2))
+        self.elements += source.size
+        self.abs_error += float(error.sum())
+        return bool(np.all(error <= error_bound(source, q_scale, spec)))
+
+
+def check_quantized(source, q_weight, q_scale, spec, f32_as_bf16, stats):
+    """(codes and scales equal a fresh quantization, all within the bound, ŵ as float32), block by block
+    of rows so that float64 temporaries stay small."""
+    want_q, want_s = quantize(source, spec, f32_as_bf16=f32_as_bf16)
+    exact = np.array_equal(q_weight, want_q) and np.array_equal(q_scale, want_s)
+    restored, within = np.empty(source.shape, dtype=np.float32), True
+    block = max(1, BLOCK_ELEMENTS // source.shape[1])
+    for start in range(0, source.shape[0], block):
+        rows = slice(start, start + block)
+        block_restored = dequantize(q_weight[rows], q_scale[rows], source.shape[1], spec)
+        within &= stats.add(source[rows], block_restored, q_scale[rows], spec)
+        restored[rows] = block_restored
+    return exact, within, restored
+
+
 def check_weights(tensors, weights, config, spec, f32_as_bf16):
-    """Compare every stored tensor with the originals; returns the dequantized HF-shaped tensors too."""
-    mismatched, over_bound, restored = [], [], {}
-    worst_ratio, clipped, elements, abs_error = 0.0, 0, 0, 0.0
+    """Compare every stored tensor with the originals; returns the dequantized HF-shaped tensors (float32)."""
+    mismatched, over_bound, restored, stats = [], [], {}, WeightStats()
     for mlc_name, sources, kind in qwen2_entries(config):
         parts = [weights.get(name) for name in sources]
         source = np.concatenate(parts, axis=0)
         if kind == QUANTIZED:
-            q_weight, q_scale = tensors[f"{mlc_name}.q_weight"], tensors[f"{mlc_name}.q_scale"]
-            want_q, want_s = quantize(source, spec, f32_as_bf16=f32_as_bf16)
-            if not (np.array_equal(q_weight, want_q) and np.array_equal(q_scale, want_s)):
-                mismatched.append(mlc_name)
-            restored_weight = dequantize(q_weight, q_scale, source.shape[1], spec)
-            error = np.abs(source.astype(np.float64) - restored_weight)
-            bound = error_bound(source, q_scale, spec)
-            if np.any(error > bound):
-                over_bound.append(mlc_name)
-            scales = np.repeat(q_scale.astype(np.float64), spec.group_size, axis=1)[:, :source.shape[1]]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                worst_ratio = max(worst_ratio, float(np.nanmax(np.where(scales > 0, error / scales, 0.0))))
-            clipped += int(np.sum(np.abs(source) > spec.max_int * scales + scales / 2))
-            elements += source.size
-            abs_error += float(error.sum())
+            exact, within, restored_weight = check_quantized(
+                source, tensors[f"{mlc_name}.q_weight"], tensors[f"{mlc_name}.q_scale"], spec, f32_as_bf16, stats)
+            mismatched += [] if exact else [mlc_name]
+            over_bound += [] if within else [mlc_name]
         else:
-            stored = tensors[mlc_name]
             want = source.astype(spec.model_dtype)
             if f32_as_bf16 and want.dtype == np.float32:
                 want = bf16_round(want)
-            if not np.array_equal(stored, want):
+            if not np.array_equal(tensors[mlc_name], want):
                 mismatched.append(mlc_name)
-            restored_weight = stored.astype(np.float64)
+            restored_weight = tensors[mlc_name].astype(np.float32)
         for name, piece in zip(sources, _split_rows(restored_weight, parts)):
             restored[name] = piece
     if config.get("tie_word_embeddings", False):
         restored["lm_head.weight"] = restored["model.embed_tokens.weight"]
     return restored, {"passed": not mismatched and not over_bound, "mismatched": mismatched,
-                      "over_bound": over_bound, "max_error_in_scales": round(worst_ratio, 6),
-                      "clipped_elements": clipped, "mean_abs_error": abs_error / max(elements, 1)}
+                      "over_bound": over_bound, "max_error_in_scales": round(stats.worst_ratio, 6),
+                      "clipped_elements": stats.clipped, "mean_abs_error": stats.abs_error / max(stats.elements, 1)}
 
 
 def _split_rows(array, parts):
@@ -94,21 +114,22 @@ def _split_rows(array, parts):
 
 def check_forward(model_dir, restored, rows, min_top1_agreement):
     """Top-1 agreement, max |Δlogit| and perplexities of the HF model, original and with ``restored``
-    weights, on token id ``rows`` (1-D arrays of ≥ 2 tokens)."""
+    weights (consumed), on token id ``rows`` (1-D arrays of ≥ 2 tokens), row by row: memory holds the two
+    models and one row's logits, not the logits of every row."""
     from transformers import AutoModelForCausalLM
 
     rows = [np.asarray(row, dtype=np.int64) for row in rows if len(row) >= 2]
     if not rows:
         raise ValueError("forward check: no held-out row has two tokens or more")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    reference = [_logits(model, row) for row in rows]
+    quantized = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     with torch.no_grad():
-        for name, value in restored.items():
-            model.get_parameter(name).copy_(torch.from_numpy(value.astype(np.float32)))
+        for name in list(restored):
+            quantized.get_parameter(name).copy_(torch.from_numpy(restored.pop(name)))
+    reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     agree = positions = 0
     max_diff, nll_ref, nll_quant = 0.0, 0.0, 0.0
-    for row, ref_logits in zip(rows, reference):
-        logits = _logits(model, row)
+    for row in rows:
+        ref_logits, logits = _logits(reference, row), _logits(quantized, row)
         agree += int((logits.argmax(-1) == ref_logits.argmax(-1)).sum())
         positions += logits.shape[0]
         max_diff = max(max_diff, float((logits - ref_logits).abs().max()))

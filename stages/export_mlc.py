@@ -97,7 +97,8 @@ def report(quant, entry):
     print(f"{quant}: {entry['tensors']} tensors in {entry['shards']} shard(s), {entry['size_bytes']:,} bytes, "
           f"{entry['bits_per_param']} bits/parameter")
     for name, result in entry["checks"].items():
-        print(f"  check {name}: {'ok' if result['passed'] else 'FAILED'}")
+        note = f" ({result['note']})" if "note" in result else ""
+        print(f"  check {name}: {'ok' if result['passed'] else 'FAILED'}{note}")
     if "top1_agreement" in entry:
         print(f"  top-1 agreement {entry['top1_agreement']:.4f}, max |Δlogit| {entry['max_abs_logit_diff']:.4f}, "
               f"perplexity {entry['perplexity']:.3f} vs {entry['perplexity_reference']:.3f} "
