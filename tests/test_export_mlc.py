@@ -292,3 +292,15 @@ def test_bound_of_every_stored_weight(grid_model, tmp_path):
     error = np.abs(original - dequantize(q_weight, q_scale, HIDDEN, spec))
     assert np.all(error <= error_bound(original, q_scale, spec)) and error.max() > 0
     assert np.all(q_scale == (np.abs(original).reshape(vocab, 2, 32).max(-1) / 7).astype(np.float16))
+
+
+def test_a_tensor_missing_from_the_index_fails_the_index_check(grid_model, tmp_path):
+    out = tmp_path / "out"
+    export_mlc(grid_model, out, "q4f16_1")
+    for name in INDEX_FILES:
+        index = json.loads((out / name).read_text())
+        records = index["records"][0]["records"]
+        index["records"][0]["records"] = [r for r in records if r["name"] != "model.norm.weight"]
+        (out / name).write_text(json.dumps(index))
+    results = verify_mlc(grid_model, out, "q4f16_1", token_rows(grid_model))
+    assert failed_checks(results) == ["index"] and results["index"]["missing"] == ["model.norm.weight"]
