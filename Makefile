@@ -11,7 +11,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # Re-install only when the project's dependencies change.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,tvm]'
 	touch $(STAMP)
 
 install: $(STAMP)

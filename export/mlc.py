@@ -16,12 +16,13 @@ from safetensors import safe_open
 
 from export.mlc_cache import TensorCacheWriter
 from export.mlc_config import (chat_config, chatml_template, default_system_message, end_token_ids,
-                               generation_settings, library_plan, load_tokenizer, mlc_model_config, read_hf_config,
+                               generation_settings, library_plan, mlc_model_config, read_hf_config,
                                webllm_descriptor)
 from export.mlc_format import (CHAT_CONFIG_FILE, PLAIN, QUANTIZED, QWEN2_FINAL, QWEN2_LAYER, QWEN2_TOP,
                                QWEN2_UNTIED_HEAD, QWEN2_UNUSED_SUFFIXES, SHARD_BYTES, WEBLLM_DESCRIPTOR,
                                get_quantization)
 from export.mlc_quant import quantize
+from taid.vocab import load_tokenizer
 
 
 class HFWeights:

@@ -33,18 +33,6 @@ def read_hf_config(model_dir):
     return config
 
 
-def load_tokenizer(model_dir):
-    """The tokenizer of a model directory as its tokenizer_config.json names it. (transformers 5's
-    AutoTokenizer goes by config.json's model_type instead: a SentencePiece tokenizer saved beside a qwen2
-    config comes back as a Qwen2Tokenizer that encodes Japanese text to nothing.)"""
-    import transformers
-
-    path = Path(model_dir) / "tokenizer_config.json"
-    named = json.loads(path.read_text(encoding="utf-8")).get("tokenizer_class") if path.is_file() else None
-    tokenizer_class = getattr(transformers, named, None) if named else None
-    return (tokenizer_class or transformers.AutoTokenizer).from_pretrained(model_dir)
-
-
 def rope_theta(config):
     return float(config.get("rope_theta") or (config.get("rope_parameters") or {}).get("rope_theta", 10000.0))
 

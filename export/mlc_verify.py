@@ -19,7 +19,8 @@ import torch
 
 from export.mlc import HFWeights, qwen2_entries
 from export.mlc_cache import check_index_copies, load_tensors
-from export.mlc_config import load_tokenizer, render_conversation
+from export.mlc_config import render_conversation
+from taid.vocab import load_tokenizer
 from export.mlc_format import CHAT_CONFIG_FILE, INDEX_FILES, QUANTIZED, get_quantization
 from export.mlc_quant import BLOCK_ELEMENTS, bf16_round, dequantize, error_bound, quantize
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from export.mlc import export_mlc
-from export.mlc_config import load_tokenizer
+from taid.vocab import load_tokenizer
 from export.mlc_format import QUANTIZATIONS
 from export.mlc_reference import mlc_llm_reference
 from export.mlc_verify import failed_checks, verify_mlc
