@@ -82,13 +82,17 @@ def convert(model_dir, out_path, out_type="f16", tokenizer_dir=None, name=None):
     vocab = read_vocab(tokenizer, config.vocab_size, _sentencepiece_model(model_dir, tokenizer_dir))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     partial = out_path.with_name(f".{out_path.name}.partial")
-    with ExitStack() as stack:
-        weights = _open_safetensors(model_dir, stack)
-        plan = _tensor_plan(weights, config, arch, qtype, model_dir)
-        writer = gguf.GGUFWriter(partial, gguf.MODEL_ARCH_NAMES[arch])
-        _write_metadata(writer, config, arch, file_type, name or model_dir.name)
-        write_vocab(writer, vocab)
-        _write_tensors(writer, plan, weights)
+    try:
+        with ExitStack() as stack:
+            weights = _open_safetensors(model_dir, stack)
+            plan = _tensor_plan(weights, config, arch, qtype, model_dir)
+            writer = gguf.GGUFWriter(partial, gguf.MODEL_ARCH_NAMES[arch])
+            _write_metadata(writer, config, arch, file_type, name or model_dir.name)
+            write_vocab(writer, vocab)
+            _write_tensors(writer, plan, weights)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     os.replace(partial, out_path)
     return Conversion(path=out_path, architecture=gguf.MODEL_ARCH_NAMES[arch], out_type=out_type,
                       tensors=len(plan), bytes=out_path.stat().st_size,
@@ -163,8 +167,9 @@ def _check_supported_features(config, model_dir):
 
 
 def _sentencepiece_model(model_dir, tokenizer_dir):
-    for folder in (model_dir, tokenizer_dir):
-        if folder is not None and (Path(folder) / "tokenizer.model").is_file():
+    """The tokenizer.model beside the tokenizer (the model directory's when none is given)."""
+    for folder in ([tokenizer_dir] if tokenizer_dir else []) + [model_dir]:
+        if (Path(folder) / "tokenizer.model").is_file():
             return Path(folder) / "tokenizer.model"
     return None
 

@@ -147,8 +147,9 @@ def _space_prefix(pipeline):
 def _bpe_vocab(tokenizer, pipeline, n_rows):
     model = pipeline.get("model") or {}
     if model.get("type") != "BPE" or model.get("byte_fallback") or (pipeline.get("decoder") or {}).get("type") != "ByteLevel":
-        raise VocabError("the tokenizer is neither a SentencePiece model (no tokenizer.model found) nor a "
-                         "byte-level BPE; supported: SentencePiece (llama), byte-level BPE (gpt2)")
+        raise VocabError("the tokenizer is not a byte-level BPE and no tokenizer.model was found beside it "
+                         "(a SentencePiece vocabulary needs the scores only that file holds: give the tokenizer "
+                         "stage's folder); supported: SentencePiece (llama), byte-level BPE (gpt2)")
     by_id = {token_id: token for token, token_id in tokenizer.get_vocab().items()}
     tokens, types = [], []
     for token_id in range(len(tokenizer)):

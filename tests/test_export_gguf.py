@@ -212,3 +212,13 @@ def test_missing_weights_are_a_clear_error(tmp_path, sp_dir):
     with pytest.raises(ConversionError, match="no model.safetensors"):
         convert(folder, tmp_path / "m.gguf")
     assert not (tmp_path / "m.gguf").exists()
+
+
+def test_a_sentencepiece_tokenizer_saved_without_its_model_file_needs_the_tokenizer_folder(tmp_path, sp_dir):
+    """The training stages save the tokenizer with save_pretrained, which leaves tokenizer.model out."""
+    folder, _, _ = model_dir(tmp_path, sp_dir)
+    (folder / "tokenizer.model").unlink()
+    with pytest.raises(VocabError, match="no tokenizer.model was found beside it"):
+        convert(folder, tmp_path / "m.gguf")
+    with_folder = gguf.GGUFReader(convert(folder, tmp_path / "m.gguf", tokenizer_dir=sp_dir).path)
+    assert with_folder.get_field("tokenizer.ggml.model").contents() == "llama"
