@@ -20,7 +20,7 @@ from export.gguf_tables import OUT_TYPES, QUANTS, supported
 from export.gguf_verify import (VerificationError, chat_template_check, check_checksums, check_structure,
                                 greedy_reply, open_llama, perplexity, score_rows, token_mismatches,
                                 write_checksums)
-from export.gguf_vocab import load_tokenizer
+from export.gguf_vocab import load_tokenizer, tokenizer_notes
 from stages.common import read_documents
 from taid.data import unpack
 
@@ -154,6 +154,9 @@ def verify_files(files, model_dir, settings, tokenizer_dir=None, log=print):
             + (f", top-1 agreement {result['top1_agreement']:.4f}, max |Δlogit| {result['max_abs_logit_diff']:.2e}"
                if compare else ""))
     failures += _drift(metrics["files"], settings)
+    metrics["notes"] = tokenizer_notes(tokenizer)
+    if metrics["notes"] and any(r["tokenizer"]["mismatches"] for r in metrics["files"].values()):
+        failures.append(f"the likely cause: {'; '.join(metrics['notes'])}")
     metrics["hf_perplexity"] = next((r["hf_perplexity"] for r in metrics["files"].values() if "hf_perplexity" in r),
                                     None)
     return metrics, failures
@@ -166,8 +169,8 @@ def verify_file(path, tokenizer, model, rows, texts, n_ctx, settings):
     with open_llama(path, n_ctx, settings.threads or None) as llama:
         mismatches = token_mismatches(llama, tokenizer, texts)
         result["tokenizer"] = {"texts": len(texts), "mismatches": len(mismatches), "examples": mismatches[:3]}
-        problems += [f"tokenizer: {m['text']!r} is {m['llama']} in llama.cpp, {m['hf']} in transformers"
-                     for m in mismatches[:3]]
+        if mismatches:
+            problems.append(_tokenizer_problem(mismatches, len(texts)))
         if tokenizer.chat_template:
             template_problem = chat_template_check(llama, tokenizer, list(CHAT))
             result["chat_template"] = template_problem or "same"
@@ -182,6 +185,13 @@ def verify_file(path, tokenizer, model, rows, texts, n_ctx, settings):
             result["generation"] = greedy_reply(llama, list(CHAT), settings.generation_tokens)
     result["problems"] = problems
     return result
+
+
+def _tokenizer_problem(mismatches, n_texts, shown=12):
+    first = mismatches[0]
+    ids = lambda tokens: str(tokens[:shown])[:-1] + (", …]" if len(tokens) > shown else "]")   # noqa: E731
+    return (f"tokenizer: {len(mismatches)} of {n_texts} texts tokenize differently in llama.cpp, e.g. "
+            f"{first['text'][:30]!r}: {ids(first['llama'])} there, {ids(first['hf'])} in transformers")
 
 
 def _compare_with_model(result, totals, settings):

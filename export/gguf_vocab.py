@@ -112,9 +112,8 @@ def _sentencepiece_vocab(tokenizer, pipeline, model_path, n_rows):
         elif types[token_id] == gguf.TokenType.NORMAL:
             types[token_id] = _added_type(added)
     _pad_rows(tokens, types, n_rows, scores)
-    space_prefix, notes = _space_prefix(pipeline)
     return Vocab(model="llama", pre="default", tokens=tokens, types=types, scores=scores,
-                 add_space_prefix=space_prefix, notes=notes)
+                 add_space_prefix=_space_prefix(pipeline), notes=tokenizer_notes(tokenizer))
 
 
 def _check_same_pieces(tokenizer, proto, model_path):
@@ -129,17 +128,24 @@ def _check_same_pieces(tokenizer, proto, model_path):
                              f"there and {by_id.get(token_id)!r} in the Hugging Face tokenizer")
 
 
+def tokenizer_notes(tokenizer):
+    """What llama.cpp cannot reproduce of this tokenizer, one sentence each (empty when nothing)."""
+    pre = json.loads(tokenizer.backend_tokenizer.to_str()).get("pre_tokenizer") or {}
+    scheme = pre.get("prepend_scheme") if pre.get("type") == "Metaspace" else None
+    if scheme not in INEXACT_PREPEND_SCHEMES:
+        return []
+    return [f"the tokenizer prefixes '▁' to the start of the input only (Metaspace prepend_scheme {scheme!r}), "
+            "which llama.cpp cannot do: it prefixes either every text after a special token or none (written: "
+            "none); save the tokenizer with add_prefix_space=False for an exact match"]
+
+
 def _space_prefix(pipeline):
     pre = pipeline.get("pre_tokenizer") or {}
     scheme = pre.get("prepend_scheme") if pre.get("type") == "Metaspace" else None
     if scheme not in PREPEND_SCHEMES:
         raise VocabError(f"a SentencePiece tokenizer needs a Metaspace pre-tokenizer with a prepend scheme "
                          f"({supported(PREPEND_SCHEMES)}); this one has {pre or 'none'}")
-    notes = []
-    if scheme in INEXACT_PREPEND_SCHEMES:
-        notes.append(f"the tokenizer prefixes '▁' to the start of the input only (Metaspace prepend_scheme "
-                     f"{scheme!r}); llama.cpp also prefixes text that follows a special token")
-    return PREPEND_SCHEMES[scheme], notes
+    return PREPEND_SCHEMES[scheme]
 
 
 # -- byte-level BPE

@@ -54,6 +54,7 @@ def test_a_failed_check_fails_the_stage_in_one_line_after_the_metrics_are_writte
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("stage export_gguf failed: ") and "tiny-f16.gguf: tokenizer: " in last
+    assert "the likely cause: " in last and "add_prefix_space=False" in last
     assert "Traceback" not in done.stderr
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["failures"] and metrics["files"]["f16"]["tokenizer"]["mismatches"] > 0
