@@ -50,7 +50,7 @@ class GGUFSettings:
     heldout: str = "data/sample/valid.jsonl.gz"
     heldout_tokens: int = 4096
     n_ctx: int = 0                       # 0: the model's context, at most 512
-    threads: int = 0                     # 0: all cores
+    threads: int = 0                     # 0: llama.cpp's defaults
     min_top1: float = 0.99
     max_ppl_drift: dict = field(default_factory=lambda: {"q8_0": 0.01, "q5_k_m": 0.05, "q4_k_m": 0.10})
     generation_tokens: int = 32

@@ -152,7 +152,8 @@ def _space_prefix(pipeline):
 
 def _bpe_vocab(tokenizer, pipeline, n_rows):
     model = pipeline.get("model") or {}
-    if model.get("type") != "BPE" or model.get("byte_fallback") or (pipeline.get("decoder") or {}).get("type") != "ByteLevel":
+    byte_level = (pipeline.get("decoder") or {}).get("type") == "ByteLevel"
+    if model.get("type") != "BPE" or model.get("byte_fallback") or not byte_level:
         raise VocabError("the tokenizer is not a byte-level BPE and no tokenizer.model was found beside it "
                          "(a SentencePiece vocabulary needs the scores only that file holds: give the tokenizer "
                          "stage's folder); supported: SentencePiece (llama), byte-level BPE (gpt2)")

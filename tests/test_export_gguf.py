@@ -130,7 +130,8 @@ def test_sentencepiece_vocabulary_keeps_pieces_scores_and_types(tmp_path, sp_dir
     field = lambda key: reader.get_field(key).contents()   # noqa: E731
     processor = spm.SentencePieceProcessor(model_file=str(sp_dir / "tokenizer.model"))
     n = processor.vocab_size()
-    tokens, types, scores = field("tokenizer.ggml.tokens"), field("tokenizer.ggml.token_type"), field("tokenizer.ggml.scores")
+    tokens, types = field("tokenizer.ggml.tokens"), field("tokenizer.ggml.token_type")
+    scores = field("tokenizer.ggml.scores")
     assert field("tokenizer.ggml.model") == "llama"
     assert len(tokens) == len(types) == len(scores) == model.config.vocab_size == n + 5
     assert tokens[:n] == [processor.id_to_piece(i) for i in range(n)]
@@ -165,7 +166,8 @@ def test_bpe_vocabulary_keeps_byte_level_tokens_merges_and_added_specials(tmp_pa
     assert field("tokenizer.ggml.eos_token_id") == added["<|im_end|>"]
     assert field("tokenizer.ggml.padding_token_id") == added["<|endoftext|>"]
     assert reader.get_field("tokenizer.ggml.bos_token_id") is None
-    assert reader.get_field("tokenizer.ggml.scores") is None and reader.get_field("tokenizer.ggml.add_space_prefix") is None
+    assert reader.get_field("tokenizer.ggml.scores") is None
+    assert reader.get_field("tokenizer.ggml.add_space_prefix") is None
 
 
 def test_an_unsupported_architecture_is_refused_naming_the_supported_ones(tmp_path, sp_dir):

@@ -21,10 +21,12 @@ BLOCK_32_TYPES = {"Q5_0", "Q5_1", "Q8_0"}   # where llama.cpp puts a tensor a K-
 
 
 def texts_for(tokenizer):
-    chat = [{"role": "system", "content": "丁寧に答えてください。"}, {"role": "user", "content": "富士山の高さは？"}]
+    chat = [{"role": "system", "content": "丁寧に答えてください。"},
+            {"role": "user", "content": "富士山の高さは？"}]
     return JAPANESE + [
         tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False),
-        tokenizer.apply_chat_template(chat + [{"role": "assistant", "content": "3776メートルです。"}], tokenize=False),
+        tokenizer.apply_chat_template(chat + [{"role": "assistant", "content": "3776メートルです。"}],
+                                      tokenize=False),
         f"前{tokenizer.eos_token}後", "<|im_start|>user\n  空白<|im_end|>\n",
     ]
 
@@ -111,7 +113,7 @@ def test_scored_rows_agree_with_torchs_cross_entropy_on_the_model(tmp_path):
     assert totals["agree"] == totals["positions"] == sum(len(row) for row in rows)
 
 
-def test_heldout_rows_from_a_packed_split_and_their_limits(tmp_path, sp_tokenizer=None):
+def test_heldout_rows_from_a_packed_split_and_their_limits(tmp_path):
     packed = np.array([[5, 6, 7, -1], [8, 9, 10, 11]], dtype=np.int32)
     np.save(tmp_path / "valid.npy", packed)
     assert heldout_rows(tmp_path / "valid.npy", None, 6, 4, 12) == [[5, 6, 7, 8], [9, 10]]

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaTokenizer, Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
+from transformers import (AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaTokenizer, Qwen2Config,
+                          Qwen2ForCausalLM, Qwen2Tokenizer)
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
 from stages.common import read_documents
