@@ -5,6 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # dvc.yaml's commands say `python`: the venv's, for `make repro` and for the tests that run dvc
 export PATH := $(abspath $(BIN)):$(PATH)
+# llama-cpp-python is built from source by pip (the wheel is cached after the first build): only the
+# library, without the multimodal part, tests, tools and examples; both cores
+export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF
+export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
 .PHONY: install repro test clean
 
