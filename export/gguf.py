@@ -25,7 +25,8 @@ from safetensors import safe_open
 from transformers import AutoConfig
 
 from export.gguf_tables import ARCHITECTURES, OUT_TYPES, PERMUTED_QK_ARCHS, QUANTS, supported
-from export.gguf_vocab import load_tokenizer, read_vocab, write_vocab
+from export.gguf_vocab import read_vocab, write_vocab
+from taid.vocab import load_tokenizer
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SKIPPED_TENSORS = ("rotary_emb.inv_freq",)   # buffers some checkpoints carry; llama.cpp computes RoPE itself

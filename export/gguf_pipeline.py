@@ -20,7 +20,8 @@ from export.gguf_tables import OUT_TYPES, QUANTS, supported
 from export.gguf_verify import (VerificationError, chat_template_check, check_checksums, check_structure,
                                 greedy_reply, open_llama, perplexity, score_rows, token_mismatches,
                                 write_checksums)
-from export.gguf_vocab import load_tokenizer, tokenizer_notes
+from export.gguf_vocab import tokenizer_notes
+from taid.vocab import load_tokenizer
 from stages.common import read_documents
 from taid.data import unpack
 
@@ -100,7 +101,19 @@ def export_gguf(model_dir, out_dir, settings, tokenizer_dir=None, f16_from=None,
     for quant, counts in fallbacks.items():
         metrics["files"][quant]["fallbacks"] = counts
     metrics["timing"] = timing
-    return metrics, failures
+    return {"format": "gguf", "quantizations": quantization_table(metrics["files"]), **metrics}, failures
+
+
+def quantization_table(files):
+    """Per file: size, perplexity and its drift against the F16 file, in the schema the model card reads."""
+    reference = files.get("f16", {}).get("perplexity")
+    table = {}
+    for kind, result in files.items():
+        perplexity = result.get("perplexity")
+        drift = None if reference is None or perplexity is None else perplexity - reference
+        table[kind] = {"size_bytes": result.get("bytes"), "perplexity": perplexity, "perplexity_reference": reference,
+                       "perplexity_drift": drift, "top1_agreement": result.get("top1_agreement")}
+    return table
 
 
 def _count_fallbacks(fallbacks):

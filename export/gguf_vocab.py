@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import gguf
-import transformers
 from sentencepiece import sentencepiece_model_pb2
 
 from export.gguf_tables import (ADDED_TOKEN_SCORE, BPE_PRE_TOKENIZERS, INEXACT_PREPEND_SCHEMES, PREPEND_SCHEMES,
@@ -44,18 +43,6 @@ class Vocab:
     add_space_prefix: bool | None = None   # SentencePiece only
     chat_template: str | None = None
     notes: list = field(default_factory=list)
-
-
-def load_tokenizer(folder):
-    """The tokenizer saved in ``folder``, as the class it was saved as.
-
-    AutoTokenizer on a folder that also holds a model picks the class from config.json for some model
-    types (transformers 5: a qwen2 model gets Qwen2Tokenizer whatever tokenizer_config.json says), which
-    turns the project's SentencePiece tokenizer into a byte-level BPE that encodes Japanese to nothing."""
-    config = Path(folder) / "tokenizer_config.json"
-    name = json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class") if config.is_file() else None
-    tokenizer_class = getattr(transformers, name.removesuffix("Fast"), None) if name else None
-    return (tokenizer_class or transformers.AutoTokenizer).from_pretrained(folder)
 
 
 def read_vocab(tokenizer, n_rows, sentencepiece_model=None):

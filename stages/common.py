@@ -72,19 +72,20 @@ def file_sha256(path):
 
 
 def write_json(path, obj):
-    _write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
 def write_csv(path, rows, columns):
     lines = [",".join(columns)] + [",".join(_csv_value(row.get(c)) for c in columns) for row in rows]
-    _write_atomic(path, "\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
 
 
 def _csv_value(value):
     return "" if value is None else (f"{value:.6g}" if isinstance(value, float) else str(value))
 
 
-def _write_atomic(path, text):
+def write_text(path, text):
+    """Write beside the target, then rename: a killed stage never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")

@@ -5,9 +5,9 @@ a Markdown table for the model card and a CSV of the scores for ``dvc plots`` co
 """
 from pathlib import Path
 
-from eval.report import markdown_table, plot_rows
+from eval.report import comparison_table, load_results, markdown_table, plot_rows
 from eval.runner import evaluate_with_settings
-from stages.common import section, stage_main, write_csv, write_json
+from stages.common import section, stage_main, write_csv, write_json, write_text
 
 
 def add_arguments(parser):
@@ -17,16 +17,21 @@ def add_arguments(parser):
     parser.add_argument("--out", required=True, help="results JSON (a DVC metric)")
     parser.add_argument("--table", required=True, help="Markdown table for the model card")
     parser.add_argument("--plot", required=True, help="CSV of task scores for dvc plots")
+    parser.add_argument("--backend", choices=("hf", "gguf"), help="overrides evaluate.backend (gguf: a .gguf file)")
+    parser.add_argument("--compare-to", help="results of the unquantized model: the table then shows per-task deltas")
 
 
 def run(args, params):
-    settings = section(params, "evaluate")
+    settings = dict(section(params, "evaluate"))
+    if args.backend:
+        settings["backend"] = args.backend
     results = evaluate_with_settings(settings, args.model, args.data_dir,
                                      valid_path=Path(args.valid) if args.valid else None)
     write_json(args.out, results)
     table = markdown_table(results)
-    Path(args.table).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.table).write_text(table, encoding="utf-8")
+    if args.compare_to:
+        table += "\n" + comparison_table(load_results(args.compare_to), {Path(args.model).name: results})
+    write_text(args.table, table)
     write_csv(args.plot, plot_rows(results), ["task", "metric", "score"])
     print(table, end="")
 

@@ -57,8 +57,8 @@ def checked(settings, known, where):
 
 
 def run(args, params):
-    settings = checked(section(params, "export_mlc"), SETTINGS, "export_mlc")
-    verify = checked(settings.get("verify") or {}, VERIFY_SETTINGS, "export_mlc.verify")
+    settings = checked(section(section(params, "export"), "mlc", "params.yaml: export"), SETTINGS, "export.mlc")
+    verify = checked(settings.get("verify") or {}, VERIFY_SETTINGS, "export.mlc.verify")
     if not (Path(args.model) / "config.json").is_file():
         raise StageError(f"{args.model}: not a model directory (no config.json)")
     rows, text_source = held_out_rows(args.valid, args.model, int(verify.get("rows", 16)))

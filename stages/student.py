@@ -76,7 +76,7 @@ def train_student(stage, args, params):
     require_finished(result, cfg.steps)
     if not PartialState().is_main_process:  # under accelerate launch, one process writes
         return
-    save_model(student, tokenizer, args.out)
+    save_model(student, tokenizer, args.out, args.tokenizer)
     write_curves(result, args.plots)
     write_json(args.metrics, stage_metrics(result, schedule, cfg, describe))
     first, final = result.evals[0], result.evals[-1]

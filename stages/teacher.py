@@ -1,11 +1,16 @@
-"""Stage `teacher`: the model every distillation step asks.
+"""Stage `teacher` (and `teacher_chat`): the models the distillation stages ask.
 
-Default (``teacher.model`` is a config JSON): train that tiny Qwen2 model on the prepared corpus, then
-(``teacher.chat_train``) on the chat data's assistant tokens, so that it can teach the instruct stage
-too, as Qwen2.5-32B-Instruct teaches both stages of the real recipe. Real recipe (a hub id or local
-path): resolve it, check its tokenizer is the pipeline's, and record its identity. Either way ``<out>/teacher.json`` says where the teacher lives and what it is; a stage whose
-``teacher.source`` is this directory refuses a teacher that no longer matches it.
+Default (``teacher.model`` is a config JSON): train that tiny Qwen2 model on the prepared corpus. With
+``--init`` (stage `teacher_chat`): continue a teacher trained here on the chat data's assistant tokens
+(``teacher.chat_train``), giving the instruct stage a teacher that knows the chat template, as
+Qwen2.5-32B-Instruct does in the real recipe. Real recipe (a hub id or local path): resolve it, check its
+tokenizer is the pipeline's and record its identity; with ``--init`` the resolved teacher, an instruct
+model already, is recorded as it is. Either way ``<out>/teacher.json`` says where the teacher lives and
+what it is; a stage whose ``teacher.source`` is this directory refuses a teacher that no longer matches.
 """
+import json
+from pathlib import Path
+
 from accelerate import PartialState
 
 from stages.common import StageError, atomic_dir, section, stage_main, write_json
@@ -20,24 +25,35 @@ from taid.vocab import check_same_tokenizer, load_tokenizer
 
 
 def train_teacher(settings, seed, tokenizer, args):
-    """Language modelling on the corpus, then on the chat data's target tokens when ``chat_train`` asks."""
+    """Language modelling on the corpus."""
     model = load_model(settings["model"], tokenizer, seed=seed)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"teacher: training {settings['model']} ({n_params / 1e6:.2f}M parameters)")
-    metrics = {"n_params": n_params}
-    phases = [("corpus", settings["train"], args.data, args.checkpoints)]
-    if settings.get("chat_train", {}).get("steps"):
-        if not args.chat:
-            raise StageError("teacher.chat_train is set but no --chat data directory was given")
-        phases.append(("chat", settings["chat_train"], args.chat, f"{args.checkpoints}-chat"))
-    for phase, train_settings, data_dir, checkpoints in phases:
-        model, evals = train_phase(model, phase, train_settings, seed, tokenizer, data_dir, checkpoints, settings)
-        metrics.update({(k if phase == "corpus" else f"chat_{k}"): v for k, v in evals.items()})
+    model, evals = train_phase(model, "corpus", settings["train"], seed, tokenizer, args.data, args.checkpoints,
+                               settings)
+    return save_teacher(model, tokenizer, args, {**evals, "n_params": n_params})
+
+
+def continue_teacher(settings, seed, tokenizer, args):
+    """The chat phase: a teacher trained here learns the chat data; a resolved one is recorded as it is."""
+    record = json.loads((Path(args.init) / "teacher.json").read_text())
+    if record["source"] != str(args.init):
+        with atomic_dir(args.out) as out:
+            write_json(out / "teacher.json", record)
+        print(f"teacher: {record['source']} teaches the chat data as it is")
+        return {"source": record["source"]}
+    model = load_model(args.init)
+    model, evals = train_phase(model, "chat", settings["chat_train"], seed, tokenizer, args.data, args.checkpoints,
+                               settings)
+    return save_teacher(model, tokenizer, args, evals)
+
+
+def save_teacher(model, tokenizer, args, metrics):
     if not PartialState().is_main_process:  # under accelerate launch, one process writes
         return None
     identity = {**model_identity(args.out, model.config, tokenizer), "dtype": "float32",
                 "weights_sha256": weights_hash(model)}
-    save_model(model, tokenizer, args.out, {"teacher.json": identity})
+    save_model(model, tokenizer, args.out, args.tokenizer, {"teacher.json": identity})
     return metrics
 
 
@@ -69,13 +85,16 @@ def resolve_teacher(settings, tokenizer, tokenizer_dir, out_dir):
 
 def add_arguments(parser):
     add_training_arguments(parser, "teacher", "teacher")
-    parser.add_argument("--chat", help="prepared chat data (stage prepare_chat), for teacher.chat_train")
+    parser.add_argument("--init", help="a teacher directory to continue on --data with teacher.chat_train "
+                                       "(stage teacher_chat)")
 
 
 def run(args, params):
     settings = section(params, "teacher")
     tokenizer = load_tokenizer(args.tokenizer)
-    if is_config_file(settings["model"]):
+    if args.init:
+        metrics = continue_teacher(settings, params.get("seed", 0), tokenizer, args)
+    elif is_config_file(settings["model"]):
         metrics = train_teacher(settings, params.get("seed", 0), tokenizer, args)
     else:
         metrics = resolve_teacher(settings, tokenizer, args.tokenizer, args.out)

@@ -10,10 +10,11 @@ import tempfile
 from pathlib import Path
 
 import sentencepiece as spm
-from transformers import AutoTokenizer, LlamaTokenizer
+from transformers import LlamaTokenizer
 
 from chat.template import CHATML_MARKERS, CHATML_TEMPLATE, check_single_token_markers
 from stages.common import DocumentReport, atomic_dir, read_documents, section, stage_main
+from taid.vocab import load_tokenizer
 
 SPECIAL_PIECES = {"pad": "<pad>", "unk": "<unk>", "bos": "<s>", "eos": "</s>"}
 CHAT_PIECES = list(CHATML_MARKERS)   # ChatML markers, for the instruct stage
@@ -37,6 +38,9 @@ def train_sentencepiece(texts, vocab_size, out_dir, threads=2):
         tokenizer = LlamaTokenizer.from_pretrained(
             scratch, pad_token=SPECIAL_PIECES["pad"], unk_token=SPECIAL_PIECES["unk"],
             bos_token=SPECIAL_PIECES["bos"], eos_token=SPECIAL_PIECES["eos"], add_bos_token=False,
+            # no "▁" before the first piece: llama.cpp can prefix every text or none, not the first only,
+            # and GGUF exports must tokenize exactly as here
+            add_prefix_space=False,
         )
     tokenizer.chat_template = CHATML_TEMPLATE
     check_single_token_markers(tokenizer)
@@ -58,7 +62,7 @@ def run(args, params):
             tokenizer = train_sentencepiece(texts, settings["vocab_size"], out)
             print(report.summary())
         else:
-            tokenizer = AutoTokenizer.from_pretrained(settings["source"])
+            tokenizer = load_tokenizer(settings["source"])
             tokenizer.save_pretrained(out)
     print(f"tokenizer: {len(tokenizer)} entries, eos={tokenizer.eos_token!r} → {args.out}")
 

@@ -1,5 +1,6 @@
 """Pieces the training stages (teacher, distill, instruct) share: data in, model and curves out."""
 import json
+import shutil
 from pathlib import Path
 
 from stages.common import StageError, atomic_dir, file_sha256, write_csv, write_json
@@ -45,10 +46,15 @@ def train_config(stage_params, seed, stage):
     return TrainConfig.from_params({"seed": seed, **stage_params}, where=f"params.yaml: {stage}.train")
 
 
-def save_model(model, tokenizer, out_dir, extra_files=None):
+def save_model(model, tokenizer, out_dir, tokenizer_dir, extra_files=None):
+    """A Hugging Face model directory, with the tokenizer's SentencePiece model when it has one (the
+    GGUF export reads its scores, which ``save_pretrained`` leaves out)."""
     with atomic_dir(out_dir) as out:
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
+        sentencepiece_model = Path(tokenizer_dir) / "tokenizer.model"
+        if sentencepiece_model.is_file():
+            shutil.copyfile(sentencepiece_model, out / "tokenizer.model")
         for name, obj in (extra_files or {}).items():
             write_json(out / name, obj)
 

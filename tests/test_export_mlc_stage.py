@@ -21,7 +21,7 @@ WEB = REPO / "export" / "web"
 def write_params(path, **export_mlc):
     settings = {"name": "demo", "verify": {"rows": 4, "min_top1_agreement": 0.85, "tvm_reader": True}}
     settings.update(export_mlc)
-    path.write_text(yaml.safe_dump({"export_mlc": settings}))
+    path.write_text(yaml.safe_dump({"export": {"mlc": settings}}))
     return path
 
 
@@ -65,7 +65,7 @@ def test_stage_writes_a_verified_export_and_its_metrics(grid_model, tmp_path):  
 
 @pytest.mark.parametrize("case,message", [
     ("no_model", "stage export_mlc failed: {tmp}/nowhere: not a model directory (no config.json)"),
-    ("unknown_key", "stage export_mlc failed: export_mlc: unknown keys ['shard_size']; known: name, f32_format"),
+    ("unknown_key", "stage export_mlc failed: export.mlc: unknown keys ['shard_size']; known: name, f32_format"),
     ("failed_check", "stage export_mlc failed: q4f32_1: checks failed: forward (details in "),
 ])
 def test_bad_input_and_failed_checks_are_one_clear_line(grid_model, tmp_path, case, message):  # noqa: F811

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from stages import prepare_chat, teacher_cache
+from stages import prepare_chat, teacher, teacher_cache
 from stages.student import train_student
 from stages.training import load_prepared
 from taid.data import to_batch
@@ -95,3 +95,22 @@ def test_instruct_distils_from_its_own_teacher_live_or_cached(chat_pipeline, mod
     metrics = run_instruct(chat_pipeline, params, f"distill-{mode}", cache)
     assert metrics["teacher_mode"] == mode and metrics["loss"] == "taid"
     assert metrics["val_kl"] < metrics["val_kl_initial"]
+
+
+def test_teacher_chat_continues_a_teacher_trained_here_and_passes_a_resolved_one_through(chat_pipeline, tmp_path):
+    params = chat_params(chat_pipeline)
+    params["teacher"]["chat_train"].update(steps=3, eval_every=0)
+    out = tmp_path / "teacher-chat"
+    teacher.run(Namespace(init=chat_pipeline.teacher, tokenizer=chat_pipeline.tokenizer, data=chat_pipeline.chat,
+                          out=out, metrics=tmp_path / "chat.json", checkpoints=None), params)
+    record = json.loads((out / "teacher.json").read_text())
+    before = json.loads((chat_pipeline.teacher / "teacher.json").read_text())
+    assert record["source"] == str(out) and record["config_sha256"] == before["config_sha256"]
+    assert record["weights_sha256"] != before["weights_sha256"]  # it trained on the chat data
+    assert json.loads((tmp_path / "chat.json").read_text())["step"] == 3
+    resolved = tmp_path / "resolved"
+    resolved.mkdir()
+    (resolved / "teacher.json").write_text(json.dumps({**before, "source": "Qwen/Qwen2.5-32B-Instruct"}))
+    teacher.run(Namespace(init=resolved, tokenizer=chat_pipeline.tokenizer, data=chat_pipeline.chat,
+                          out=tmp_path / "passed", metrics=tmp_path / "passed.json", checkpoints=None), params)
+    assert json.loads((tmp_path / "passed" / "teacher.json").read_text())["source"] == "Qwen/Qwen2.5-32B-Instruct"

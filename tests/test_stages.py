@@ -49,7 +49,6 @@ def write_params(root, **overrides):
     params["prepare"]["seq_len"] = 32
     small = dict(steps=30, batch_size=8, warmup_steps=3, eval_every=10)
     params["teacher"]["train"].update(small)
-    params["teacher"]["chat_train"]["steps"] = 0
     params["distill"]["train"].update(small, save_every=0)
     params["distill"]["teacher"].update(source=str(root / "teacher"), mode="live")
     for dotted, value in overrides.items():
@@ -73,7 +72,7 @@ def pipeline(tmp_path_factory):
     tokenizer.run(Namespace(out=paths.tokenizer), params)
     prepare.run(Namespace(tokenizer=paths.tokenizer, out=paths.data, work=root / "corpus",
                           report=root / "corpus.json"), params)
-    teacher.run(Namespace(tokenizer=paths.tokenizer, data=paths.data, chat=None, out=paths.teacher,
+    teacher.run(Namespace(tokenizer=paths.tokenizer, data=paths.data, init=None, out=paths.teacher,
                           metrics=root / "teacher.json", checkpoints=root / "teacher-checkpoints"), params)
     return paths
 
@@ -137,7 +136,7 @@ def test_real_recipe_path_loads_teacher_student_and_tokenizer_from_local_directo
     paths = Namespace(root=tmp_path, tokenizer=tmp_path / "tokenizer", data=pipeline.data,
                       teacher=tmp_path / "teacher")
     tokenizer.run(Namespace(out=paths.tokenizer), params)
-    teacher.run(Namespace(tokenizer=paths.tokenizer, data=paths.data, chat=None, out=paths.teacher,
+    teacher.run(Namespace(tokenizer=paths.tokenizer, data=paths.data, init=None, out=paths.teacher,
                           metrics=tmp_path / "teacher.json", checkpoints=None), params)
     record = json.loads((paths.teacher / "teacher.json").read_text())
     assert record["source"] == str(pipeline.teacher) and record["output_size"] == len(tok)
