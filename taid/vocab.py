@@ -25,7 +25,9 @@ def load_tokenizer(source):
     model comes back as a Qwen2Tokenizer that encodes Japanese text to nothing."""
     config = Path(source) / "tokenizer_config.json"
     named = json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class") if config.is_file() else None
-    tokenizer_class = getattr(transformers, named, None) if named else None
+    tokenizer_class = None
+    if named:  # "LlamaTokenizerFast" in files saved by transformers 4
+        tokenizer_class = getattr(transformers, named, None) or getattr(transformers, named.removesuffix("Fast"), None)
     return (tokenizer_class or transformers.AutoTokenizer).from_pretrained(source)
 
 
