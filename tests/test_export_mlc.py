@@ -12,7 +12,8 @@ from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
 from export.mlc import export_mlc
 from export.mlc_cache import CacheError
-from export.mlc_config import load_tokenizer, mlc_model_config, stock_library
+from export.mlc_config import mlc_model_config, stock_library
+from taid.vocab import load_tokenizer
 from export.mlc_format import INDEX_FILES, QUANTIZATIONS
 from export.mlc_quant import dequantize, error_bound
 from export.mlc_verify import failed_checks, verify_mlc

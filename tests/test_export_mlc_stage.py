@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from export.mlc_config import load_tokenizer
+from taid.vocab import load_tokenizer
 from taid.data import PAD
 from tests.test_export_mlc import grid_model, tokenizer_dir  # noqa: F401 (fixtures)
 
