@@ -9,11 +9,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from stages import prepare_chat, teacher, teacher_cache
-from stages.student import train_student
 from stages.training import load_prepared
 from taid.data import to_batch
 from taid.objective import Objective
-from tests.test_stages import REPO, pipeline, write_params  # noqa: F401  (pipeline: a fixture)
+from tests.test_stages import REPO, pipeline, run_distill, run_student, write_params  # noqa: F401  (a fixture)
 
 CHAT_FILES = ("messages", "sharegpt", "alpaca")
 
@@ -22,7 +21,7 @@ def chat_params(paths, **overrides):
     params, _ = write_params(paths.root, **overrides)
     params["chat"].update(seq_len=96, sources=[
         {"name": name, "path": str(REPO / f"data/sample/chat/{name}.jsonl.gz"), "format": name} for name in CHAT_FILES])
-    params["instruct"].update(student=str(paths.root / "taid" / "student"))
+    params["instruct"].update(student=str(paths.root / "taid" / "model"))
     params["instruct"]["teacher"].update(source=str(paths.teacher))
     params["instruct"]["train"].update(steps=6, batch_size=8, warmup_steps=1, eval_every=3)
     return params
@@ -32,11 +31,8 @@ def chat_params(paths, **overrides):
 def chat_pipeline(pipeline):
     """The module pipeline plus its chat data and a distilled student to start instruct from."""
     params = chat_params(pipeline)
-    student = pipeline.root / "taid"
-    if not (student / "student").is_dir():
-        train_student("distill", Namespace(tokenizer=pipeline.tokenizer, data=pipeline.data, teacher_cache=None,
-                                           out=student / "student", metrics=student / "distill.json",
-                                           plots=student / "plots", checkpoints=student / "checkpoints"), params)
+    if not (pipeline.root / "taid" / "model").is_dir():
+        run_distill(pipeline, params, "taid")
     pipeline.chat = pipeline.root / "chat"
     prepare_chat.run(Namespace(tokenizer=pipeline.tokenizer, out=pipeline.chat, report=pipeline.root / "chat.json"),
                      params)
@@ -44,11 +40,7 @@ def chat_pipeline(pipeline):
 
 
 def run_instruct(paths, params, name, teacher_cache_dir=None):
-    out = paths.root / name
-    args = Namespace(tokenizer=paths.tokenizer, data=paths.chat, teacher_cache=teacher_cache_dir, out=out / "model",
-                     metrics=out / "instruct.json", plots=out / "plots", checkpoints=out / "checkpoints")
-    train_student("instruct", args, params)
-    return json.loads((out / "instruct.json").read_text())
+    return run_student("instruct", paths, paths.chat, params, name, teacher_cache_dir)[1]
 
 
 def test_the_sft_loss_counts_assistant_tokens_only(chat_pipeline):

@@ -1,7 +1,6 @@
 """The stages end to end on a tiny corpus: in-process where speed matters, as commands where the CLI does."""
 import gzip
 import json
-import os
 import subprocess
 import sys
 from argparse import Namespace
@@ -77,12 +76,17 @@ def pipeline(tmp_path_factory):
     return paths
 
 
-def run_distill(paths, params, name, teacher_cache=None):
+def run_student(stage, paths, data, params, name, teacher_cache=None):
+    """A student-training stage in process; its output folder (the model in ``model/``) and metrics."""
     out = paths.root / name
-    args = Namespace(tokenizer=paths.tokenizer, data=paths.data, teacher_cache=teacher_cache, out=out / "student",
-                     metrics=out / "distill.json", plots=out / "plots", checkpoints=out / "checkpoints")
-    train_student("distill", args, params)
-    return out, json.loads((out / "distill.json").read_text())
+    args = Namespace(tokenizer=paths.tokenizer, data=data, teacher_cache=teacher_cache, out=out / "model",
+                     metrics=out / f"{stage}.json", plots=out / "plots", checkpoints=out / "checkpoints")
+    train_student(stage, args, params)
+    return out, json.loads((out / f"{stage}.json").read_text())
+
+
+def run_distill(paths, params, name, teacher_cache=None):
+    return run_student("distill", paths, paths.data, params, name, teacher_cache)
 
 
 def test_prepare_normalises_packs_with_eos_and_reports_bad_lines(pipeline):
@@ -106,7 +110,7 @@ def test_distill_with_taid_writes_a_loadable_student_metrics_and_curves(pipeline
     out, metrics = run_distill(pipeline, params, "taid")
     assert metrics["val_kl"] < metrics["val_kl_initial"]
     assert metrics["t_final"] == 1.0 and metrics["loss"] == "taid"
-    student = AutoModelForCausalLM.from_pretrained(out / "student")
+    student = AutoModelForCausalLM.from_pretrained(out / "model")
     assert student.config.hidden_size == 128
     curve = (out / "plots" / "train.csv").read_text().splitlines()
     assert curve[0] == "step,loss,lr,t" and len(curve) == 1 + 30
