@@ -47,20 +47,17 @@ def _trained_sentencepiece():
 @lru_cache(maxsize=None)
 def sentencepiece_tokenizer_dir(prefix_space=False):
     """The tokenizer stage's SentencePiece (BPE, byte fallback, pad/unk/bos/eos 0-3, <|im_start|> and
-    <|im_end|> as user symbols) with a chat template. ``prefix_space``: False saves it with
-    ``add_prefix_space=False`` (no "▁" prefixed, as llama.cpp can reproduce exactly); True keeps the
-    tokenizer stage's current default (a "▁" before the start of the input only)."""
+    <|im_end|> as user symbols) with a chat template. ``prefix_space``: False, as the tokenizer stage saves
+    it (``add_prefix_space=False``: no "▁" prefixed, which llama.cpp reproduces exactly); True, transformers'
+    default for LlamaTokenizer (a "▁" before the start of the input only)."""
     trained, out = _trained_sentencepiece(), Path(tempfile.mkdtemp(prefix="gguf-sp-"))
-    if prefix_space:
-        shutil.copytree(trained, out, dirs_exist_ok=True)
-    else:
-        scratch = Path(tempfile.mkdtemp(prefix="gguf-sp-model-"))
-        shutil.copy(trained / "tokenizer.model", scratch)
-        tokenizer = LlamaTokenizer.from_pretrained(
-            scratch, pad_token=SPECIAL_PIECES["pad"], unk_token=SPECIAL_PIECES["unk"], bos_token=SPECIAL_PIECES["bos"],
-            eos_token=SPECIAL_PIECES["eos"], add_bos_token=False, add_prefix_space=False)
-        tokenizer.save_pretrained(out)
-        shutil.copy(trained / "tokenizer.model", out)
+    scratch = Path(tempfile.mkdtemp(prefix="gguf-sp-model-"))
+    shutil.copy(trained / "tokenizer.model", scratch)
+    tokenizer = LlamaTokenizer.from_pretrained(
+        scratch, pad_token=SPECIAL_PIECES["pad"], unk_token=SPECIAL_PIECES["unk"], bos_token=SPECIAL_PIECES["bos"],
+        eos_token=SPECIAL_PIECES["eos"], add_bos_token=False, add_prefix_space=prefix_space)
+    tokenizer.save_pretrained(out)
+    shutil.copy(trained / "tokenizer.model", out)
     tokenizer = LlamaTokenizer.from_pretrained(out)
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(out)

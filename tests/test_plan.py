@@ -22,11 +22,12 @@ from stages import plan as plan_stage
 from stages.common import StageError
 from taid.chunked import LossSpec, chunked_loss
 from taid.losses import taid_loss
-from taid.objective import final_hidden
+from taid.models import final_hidden
 from taid.plan import (
     GIB, LOSS_CHUNK_BUFFERS, ModelShape, Setup, activation_bytes, make_plan, model_shape, resolve_config,
     teacher_forward_bytes,
 )
+from taid.teachers import HeadLogits
 from taid.trainer import TrainConfig
 from taid.vocab import TokenizerMismatchError
 
@@ -230,8 +231,8 @@ def test_loss_chunk_buffers_match_the_profiled_peak():
     labels, mask = torch.randint(0, vocab, (n,), generator=g), torch.ones(n, dtype=torch.bool)
 
     def run():
-        chunked_loss(LossSpec(taid_loss, {"t": 0.5}), student_hidden, head, teacher_hidden, teacher_head,
-                     labels, mask, chunk).backward()
+        teacher = HeadLogits(teacher_hidden, teacher_head)
+        chunked_loss(LossSpec(taid_loss, {"t": 0.5}), student_hidden, head, teacher, labels, mask, chunk).backward()
 
     gradients = (vocab + n) * hidden * 4   # the head's and the hidden states' fp32 gradients
     buffers = (peak_bytes(run) - gradients) / (chunk * vocab * 4)
