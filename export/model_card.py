@@ -71,18 +71,32 @@ def data_text(sources):
     return ", ".join(f"{s.get('name', '?')} (`{s.get('path') or s.get('dataset', '?')}`)" for s in sources)
 
 
+def teacher_text(block, stage_teacher_model=None):
+    """A stage's ``teacher:`` block (or a bare source) as the card shows it: where the teacher comes from,
+    resolved through the teacher stage's directory when it is one, and how it ran."""
+    if not isinstance(block, dict):
+        return block or stage_teacher_model or UNKNOWN
+    source = block.get("source") or UNKNOWN
+    record = Path(str(source)) / "teacher.json"
+    if record.is_file():
+        source = json.loads(record.read_text(encoding="utf-8")).get("source", source)
+    return f"{source} ({block.get('mode', 'live')})"
+
+
 def lineage_rows(params):
     """One row per training stage the params describe: stage, teacher, student init, data, loss, schedule."""
     distill, instruct = params.get("distill"), params.get("instruct")
+    model = (params.get("teacher") or {}).get("model")
     rows = []
     if distill is not None:
-        teacher = distill.get("teacher") or (params.get("teacher") or {}).get("model") or UNKNOWN
+        teacher = teacher_text(distill.get("teacher"), model)
         rows.append(("distill (TAID continued pre-training)", teacher, distill.get("student", UNKNOWN),
                      data_text((params.get("corpus") or {}).get("sources")), loss_text(distill),
                      schedule_text(distill.get("taid") if distill.get("loss") == "taid" else None)))
     if instruct is not None:
-        rows.append(("instruct (instruction tuning)", instruct.get("teacher", UNKNOWN), "the distilled student",
-                     data_text(instruct.get("data") or instruct.get("sources")), loss_text(instruct),
+        teacher = "none (SFT)" if instruct.get("method") == "sft" else teacher_text(instruct.get("teacher"))
+        rows.append(("instruct (instruction tuning)", teacher, "the distilled student",
+                     data_text((params.get("chat") or {}).get("sources")), loss_text(instruct),
                      schedule_text(instruct.get("taid") if instruct.get("loss") == "taid" else None)))
     return rows
 

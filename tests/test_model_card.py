@@ -8,17 +8,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from export.model_card import model_card
+from export.model_card import lineage_rows, model_card
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = {
     "teacher": {"model": "Qwen/Qwen2.5-32B-Instruct"},
     "corpus": {"sources": [{"name": "wiki", "type": "hf", "dataset": "someone/ja-wiki"},
                            {"name": "web", "type": "warc", "path": "data/web.warc.gz"}]},
+    "chat": {"sources": [{"name": "chat", "path": "data/chat/train.jsonl", "format": "messages"}]},
     "distill": {"student": "Qwen/Qwen2.5-1.5B-Instruct", "loss": "taid", "ce_weight": 0.0,
-                "taid": {"t_start": 0.4, "t_end": 1.0, "alpha": 5e-4, "beta": 0.99, "adaptive": True}},
-    "instruct": {"teacher": "Qwen/Qwen2.5-32B-Instruct", "loss": "forward_kl", "ce_weight": 0.5,
-                 "data": "data/chat/train.jsonl"},
+                "taid": {"t_start": 0.4, "t_end": 1.0, "alpha": 5e-4, "beta": 0.99, "adaptive": True},
+                "teacher": {"source": "Qwen/Qwen2.5-32B-Instruct", "mode": "cache", "cache": {"k": 64}}},
+    "instruct": {"method": "distill", "loss": "forward_kl", "ce_weight": 0.5,
+                 "teacher": {"source": "Qwen/Qwen2.5-7B-Instruct", "mode": "live"}},
     "model_card": {"model_name": "TinyTsubame-1.5B", "repo_id": "someone/TinyTsubame-1.5B",
                    "license": "apache-2.0", "tags": ["webllm"]},
 }
@@ -55,11 +57,11 @@ def test_front_matter(card):
 
 
 def test_lineage_names_teachers_init_data_losses_and_schedule(card):
-    assert ("| distill (TAID continued pre-training) | `Qwen/Qwen2.5-32B-Instruct` | `Qwen/Qwen2.5-1.5B-Instruct` "
+    assert ("| distill (TAID continued pre-training) | `Qwen/Qwen2.5-32B-Instruct (cache)` | `Qwen/Qwen2.5-1.5B-Instruct` "
             "| wiki (`someone/ja-wiki`), web (`data/web.warc.gz`) | taid | adaptive, t 0.4 → 1.0, α 0.0005, β 0.99 |"
             ) in card
-    assert ("| instruct (instruction tuning) | `Qwen/Qwen2.5-32B-Instruct` | `the distilled student` "
-            "| `data/chat/train.jsonl` | forward_kl + 0.5 × cross-entropy | – |") in card
+    assert ("| instruct (instruction tuning) | `Qwen/Qwen2.5-7B-Instruct (live)` | `the distilled student` "
+            "| chat (`data/chat/train.jsonl`) | forward_kl + 0.5 × cross-entropy | – |") in card
     assert "no `instruct` stage" not in card
 
 
@@ -115,3 +117,11 @@ def test_stage_writes_the_card(tmp_path):
     assert done.returncode == 0, done.stderr
     card = (tmp_path / "card" / "README.md").read_text()
     assert "| MLC | q4f32_1 | 1.4 MiB |" in card and "No evaluation results" in card
+
+
+def test_a_teacher_stage_directory_is_shown_as_the_model_it_records_and_sft_has_no_teacher(tmp_path):
+    (tmp_path / "teacher.json").write_text(json.dumps({"source": "Qwen/Qwen2.5-32B-Instruct"}))
+    params = {**PARAMS, "distill": {**PARAMS["distill"], "teacher": {"source": str(tmp_path), "mode": "live"}},
+              "instruct": {**PARAMS["instruct"], "method": "sft"}}
+    rows = {stage.split()[0]: teacher for stage, teacher, *_ in lineage_rows(params)}
+    assert rows == {"distill": "Qwen/Qwen2.5-32B-Instruct (live)", "instruct": "none (SFT)"}
