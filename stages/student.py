@@ -10,7 +10,7 @@ from accelerate import PartialState
 from stages.common import StageError, section, stage_main, write_json
 from stages.teacher_block import stage_teacher, teacher_block, teacher_identity
 from stages.training import (
-    add_training_arguments, data_sha256, load_prepared, require_finished,
+    add_training_arguments, load_prepared, require_finished,
     save_model, train_config, write_curves,
 )
 from taid.models import is_config_file, load_model
@@ -49,7 +49,7 @@ def build_objective(stage, settings, params, args, tokenizer, student, cfg):
     block = teacher_block(params, stage)
     identity = teacher_identity(block)
     n_shared = shared_vocab_size(tokenizer, identity["output_size"], output_size(student))
-    teacher = stage_teacher(block, tokenizer, args.tokenizer, n_shared, args.teacher_cache, data_sha256(args.data))
+    teacher = stage_teacher(block, tokenizer, args.tokenizer, n_shared, args.teacher_cache, args.data)
     loss = settings["loss"]
     schedule = TAIDSchedule(**settings["taid"], total_steps=cfg.steps) if loss == "taid" else None
     objective = Objective(loss, settings.get("loss_params"), teacher, n_shared, settings.get("ce_weight", 0.0),

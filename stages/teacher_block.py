@@ -13,6 +13,7 @@ from pathlib import Path
 
 
 from stages.common import StageError
+from stages.training import data_sha256
 from taid.cache import CacheReader
 from taid.models import config_for, config_hash, load_model
 from taid.teachers import CachedTeacher, LiveTeacher
@@ -73,16 +74,17 @@ def load_live_teacher(block, tokenizer, tokenizer_dir):
     return model.requires_grad_(False).eval()
 
 
-def cache_identity(block, tokenizer, data_sha256):
+def cache_identity(block, tokenizer, data_hashes):
     return {"teacher": teacher_identity(block), "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
-            "data_sha256": data_sha256}
+            "data_sha256": data_hashes}
 
 
-def stage_teacher(block, tokenizer, tokenizer_dir, n_shared, cache_dir, data_sha256):
-    """The teacher a training stage learns from: the model itself, or its top-k cache."""
+def stage_teacher(block, tokenizer, tokenizer_dir, n_shared, cache_dir, data_dir):
+    """The teacher a training stage learns from: the model itself, or its top-k cache (checked against
+    ``data_dir``'s hashes, which only the cache needs: a live teacher does not read the data twice)."""
     if block["mode"] == "live":
         return LiveTeacher(load_live_teacher(block, tokenizer, tokenizer_dir), n_shared)
     if cache_dir is None:
         raise StageError("teacher.mode is cache but no --teacher-cache directory was given")
-    reader = CacheReader(cache_dir, cache_identity(block, tokenizer, data_sha256), vocab_size=n_shared)
+    reader = CacheReader(cache_dir, cache_identity(block, tokenizer, data_sha256(data_dir)), vocab_size=n_shared)
     return CachedTeacher(reader, n_shared)
