@@ -5,7 +5,6 @@ A stage section names the student to start from, the method (distillation with a
 block (see ``stages.teacher_block``) and the training settings. The stage writes the student as a Hugging
 Face model directory, its metrics and per-step curves for ``dvc plots``.
 """
-from accelerate import PartialState
 
 from stages.common import StageError, section, stage_main, write_json
 from stages.teacher_block import stage_teacher, teacher_block, teacher_identity
@@ -13,6 +12,7 @@ from stages.training import (
     add_training_arguments, load_prepared, require_finished,
     save_model, train_config, write_curves,
 )
+from taid.engines import process_state
 from taid.models import is_config_file, load_model
 from taid.objective import Objective
 from taid.schedule import TAIDSchedule
@@ -74,7 +74,7 @@ def train_student(stage, args, params):
     result, student = train(student, objective, train_rows, valid_rows, cfg, schedule=schedule,
                             checkpoint_dir=args.checkpoints, describe=describe)
     require_finished(result, cfg.steps)
-    if not PartialState().is_main_process:  # under accelerate launch, one process writes
+    if not process_state().is_main_process:  # under accelerate launch, one process writes
         return
     save_model(student, tokenizer, args.out, args.tokenizer)
     write_curves(result, args.plots)

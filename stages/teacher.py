@@ -11,13 +11,13 @@ what it is; a stage whose ``teacher.source`` is this directory refuses a teacher
 import json
 from pathlib import Path
 
-from accelerate import PartialState
 
 from stages.common import StageError, atomic_dir, section, stage_main, write_json
 from stages.training import (
     add_training_arguments, load_prepared, require_finished,
     save_model, train_config,
 )
+from taid.engines import process_state
 from taid.models import config_for, is_config_file, load_model, model_identity, weights_hash
 from taid.objective import Objective
 from taid.trainer import train
@@ -49,7 +49,7 @@ def continue_teacher(settings, seed, tokenizer, args):
 
 
 def save_teacher(model, tokenizer, args, metrics):
-    if not PartialState().is_main_process:  # under accelerate launch, one process writes
+    if not process_state().is_main_process:  # under accelerate launch, one process writes
         return None
     identity = {**model_identity(args.out, model.config, tokenizer), "dtype": "float32",
                 "weights_sha256": weights_hash(model)}

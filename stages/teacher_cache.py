@@ -11,7 +11,6 @@ import shutil
 import time
 from pathlib import Path
 
-from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from stages.common import atomic_dir, stage_main, write_json
@@ -19,6 +18,7 @@ from stages.teacher_block import cache_identity, load_live_teacher, teacher_bloc
 from stages.training import data_sha256, load_prepared
 from taid.cache import CacheWriter, TopK, top_k
 from taid.data import to_batch
+from taid.engines import process_state
 from taid.teachers import LiveTeacher
 from taid.vocab import load_tokenizer, shared_vocab_size
 
@@ -44,7 +44,7 @@ def build_cache(block, tokenizer, tokenizer_dir, data_dir, out_dir):
     splits = load_prepared(data_dir, tokenizer)
     model = load_live_teacher(block, tokenizer, tokenizer_dir)
     n_ids = shared_vocab_size(tokenizer, model.get_output_embeddings().weight.shape[0], len(tokenizer))
-    state = PartialState()
+    state = process_state()
     teacher = LiveTeacher(model, n_ids).to(state.device)
     identity = cache_identity(block, tokenizer, data_sha256(data_dir))
     with state.main_process_first():  # rank 0 may clear a stale cache before the others look at it

@@ -6,6 +6,7 @@ log-probabilities, which any loss treats alike) over the first ``n_shared`` ids 
 kept positions, so the chunked loss asks for one chunk at a time and never holds ``[N, V]`` at once.
 """
 import torch
+from torch.distributed.tensor import DTensor
 
 from taid.cache import TopK, expand
 from taid.models import lm_head_weight
@@ -23,13 +24,31 @@ class LiveTeacher:
 
     @torch.no_grad()
     def kept(self, batch):
-        # the base model's output, not final_hidden: without gradients nothing needs every layer's states,
-        # and a 32B teacher's would cost GiBs per GPU
-        out = self.model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                    use_cache=False)
-        hidden = out.last_hidden_state[:, :-1][batch["mask"]]
-        head = lm_head_weight(self.model)
+        hidden = self._final_hidden(batch)[:, :-1][batch["mask"]]
+        head = _whole(lm_head_weight(self.model))
         return HeadLogits(hidden, head if self.n_shared is None else head[: self.n_shared])
+
+    def _final_hidden(self, batch):
+        """The base model's output, caught on its way through the model's own forward (so that FSDP and
+        device-map hooks run as they would), with logits for one position only: without gradients no
+        layer's states need keeping, and a 32B teacher's would cost GiBs per GPU."""
+        caught = {}
+
+        def catch(module, args, out):
+            caught["hidden"] = out.last_hidden_state
+
+        hook = self.model.base_model.register_forward_hook(catch)
+        try:
+            self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=1,
+                       use_cache=False)
+        finally:
+            hook.remove()
+        return caught["hidden"]
+
+
+def _whole(weight):
+    """A weight FSDP left sharded after the forward, gathered (the LM head of a tied, sharded teacher)."""
+    return weight.full_tensor() if isinstance(weight, DTensor) else weight
 
 
 class HeadLogits:

@@ -19,6 +19,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from taid import engines
 from taid.data import as_split, sample_order, to_batch
 from taid.objective import summarise_eval
 
@@ -55,10 +56,13 @@ class TrainConfig:
             raise ValueError(f"{where}: unknown keys {unknown}; known keys are {sorted(known)}")
         return cls(**params)
 
-    def fingerprint(self):
-        """The settings a resumed run must share with the run that wrote the checkpoint."""
-        run_only = {"resume", "stop_after", "eval_every", "eval_batches", "save_every", "keep_checkpoints"}
-        return {k: v for k, v in asdict(self).items() if k not in run_only}
+    def fingerprint(self, global_batch):
+        """The settings a resumed run must share with the run that wrote the checkpoint. The global batch
+        stands for how it is split (per-process rows, accumulation, processes), which a resumed run may
+        change: the data stream and the updates depend on the global batch only."""
+        run_only = {"resume", "stop_after", "eval_every", "eval_batches", "save_every", "keep_checkpoints",
+                    "batch_size", "grad_accum"}
+        return {**{k: v for k, v in asdict(self).items() if k not in run_only}, "global_batch": global_batch}
 
 
 @dataclass
@@ -75,6 +79,7 @@ def train(model, objective, train_rows, valid_rows, cfg, *, schedule=None, check
     # step_scheduler_with_optimizer=False: accelerate would otherwise step the LR schedule once per process
     # on every optimizer step, running it N times too fast under N processes
     accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.precision), step_scheduler_with_optimizer=False)
+    engines.configure(accelerator, cfg)
     torch.manual_seed(cfg.seed)
     if cfg.gradient_checkpointing:  # renamed in later transformers 5 releases
         (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
@@ -82,9 +87,11 @@ def train(model, objective, train_rows, valid_rows, cfg, *, schedule=None, check
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     lr_schedule = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
     model, optimizer, lr_schedule = accelerator.prepare(model, optimizer, lr_schedule)
-    objective.to(accelerator.device)
+    engines.place_teacher(accelerator, objective)
 
-    fingerprint = json.loads(json.dumps({"train": cfg.fingerprint(), "run": describe or {}}))
+    world, rank = accelerator.num_processes, accelerator.process_index
+    global_batch = cfg.batch_size * cfg.grad_accum * world
+    fingerprint = json.loads(json.dumps({"train": cfg.fingerprint(global_batch), "run": describe or {}}))
     state = {"step": 0, "position": 0, "history": [], "evals": []}
     checkpoints = Path(checkpoint_dir) if checkpoint_dir else None
     if cfg.resume and checkpoints and _latest(checkpoints):
@@ -93,8 +100,6 @@ def train(model, objective, train_rows, valid_rows, cfg, *, schedule=None, check
     elif checkpoints and checkpoints.exists() and accelerator.is_main_process:
         shutil.rmtree(checkpoints)  # a fresh run must not later resume from another run's state
 
-    world, rank = accelerator.num_processes, accelerator.process_index
-    global_batch = cfg.batch_size * cfg.grad_accum * world
     started_at = state["step"]
     if state["step"] == 0:  # where the run starts from, so curves and metrics show the change
         state["evals"].append({"step": 0, **_validate(accelerator, model, objective, valid_rows, cfg)})
@@ -112,7 +117,7 @@ def train(model, objective, train_rows, valid_rows, cfg, *, schedule=None, check
             with (nullcontext() if last else accelerator.no_sync(model)), accelerator.autocast():
                 micro_sum, _ = objective.loss_sum(model, batch, t)
                 # DDP averages gradients over processes: scale so the result is the global token mean
-                accelerator.backward(micro_sum * world / max(step_tokens, 1))
+                engines.backward(accelerator, micro_sum * world / max(step_tokens, 1), last, cfg.grad_accum)
             loss_sum += micro_sum.detach()
 
         # -- the step: one objective for logging, clipping, the optimizer and TAID's t
@@ -129,6 +134,7 @@ def train(model, objective, train_rows, valid_rows, cfg, *, schedule=None, check
         state["position"] += global_batch
         if schedule is not None:
             schedule.update(step_objective)
+            engines.check_same_everywhere(accelerator, f"TAID's t after step {state['step']}", schedule.t)
         row = {"step": state["step"], "loss": step_objective, "lr": lr}
         if t is not None:
             row["t"] = t
@@ -147,21 +153,28 @@ def train(model, objective, train_rows, valid_rows, cfg, *, schedule=None, check
     progress.close()
     finished = state["step"] == cfg.steps
     accelerator.wait_for_everyone()
-    return TrainResult(state["history"], state["evals"], finished), accelerator.unwrap_model(model)
+    return TrainResult(state["history"], state["evals"], finished), engines.plain_model(accelerator, model)
 
 
 def _validate(accelerator, model, objective, valid_rows, cfg):
+    """Validation over the whole split (or ``eval_batches`` per process), its sums added over processes.
+    Every process runs the same number of forward passes, since DDP and FSDP forwards are collectives: one
+    with fewer batches than the others reruns its first and leaves it out of the sums."""
     model.eval()
     world, rank = accelerator.num_processes, accelerator.process_index
-    order = np.arange(len(valid_rows))
-    starts = range(rank * cfg.batch_size, len(order), world * cfg.batch_size)
+    per_process = math.ceil(len(valid_rows) / (world * cfg.batch_size))
     if cfg.eval_batches:
-        starts = list(starts)[:cfg.eval_batches]
-    batches = (to_batch(valid_rows[s:s + cfg.batch_size], accelerator.device) for s in starts)
-    with accelerator.autocast():
-        sums = objective.eval_sums(model, batches).to(accelerator.device)
+        per_process = min(per_process, cfg.eval_batches)
+    sums = torch.zeros(3, dtype=torch.float64)
+    for j in range(per_process):
+        start = (j * world + rank) * cfg.batch_size
+        counted = start < len(valid_rows)
+        rows = valid_rows[start:start + cfg.batch_size] if counted else valid_rows[:cfg.batch_size]
+        with accelerator.autocast():
+            batch_sums = objective.eval_sums(model, [to_batch(rows, accelerator.device)])
+        sums += batch_sums if counted else 0.0
     model.train()
-    return summarise_eval(accelerator.reduce(sums, "sum").cpu(), objective.teacher is not None)
+    return summarise_eval(accelerator.reduce(sums.to(accelerator.device), "sum").cpu(), objective.teacher is not None)
 
 
 def _mixed_precision(precision):
@@ -183,6 +196,7 @@ def _save_checkpoint(accelerator, checkpoints, state, fingerprint, schedule, kee
     final = checkpoints / f"step_{state['step']:08d}"
     partial = checkpoints / f".partial_{state['step']:08d}"
     accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()  # every process writes its part (its RNG state; its shard under FSDP)
     if accelerator.is_main_process:
         trainer_state = {**state, "fingerprint": fingerprint,
                          "schedule": schedule.state_dict() if schedule is not None else None}
