@@ -1,5 +1,6 @@
 """What every stage shares: params, atomic outputs, reading documents, timing and clean failures."""
 import argparse
+import copy
 import gzip
 import hashlib
 import json
@@ -37,11 +38,63 @@ def stage_main(name, description, add_arguments, run, module=None):
 
 
 def load_params(path):
+    """The params file with its recipe, if it names one, laid over it (see ``recipe_files``)."""
     path = Path(path)
     if not path.is_file():
         raise StageError(f"params file {path} not found")
-    with path.open(encoding="utf-8") as f:
-        return yaml.safe_load(f) or {}
+    params = read_yaml(path, "params file")
+    return lay_recipe(params, params.get("recipe"), path.parent)
+
+
+# -- recipes: a recipe sets only the keys it changes; it may build on another recipe (base: its path)
+
+def lay_recipe(params, recipe, relative_to="."):
+    """params with the recipe file (None: none) and its bases laid over it."""
+    for path in recipe_files(recipe, relative_to):
+        params = apply_recipe(params, {k: v for k, v in read_yaml(path, "recipe").items() if k != "base"})
+    return params
+
+
+def recipe_files(recipe, relative_to="."):
+    """The files a recipe stands for, the deepest base first; each path is relative to the file naming it."""
+    if not recipe:
+        return []
+    chain, path = [], Path(relative_to) / recipe
+    while path is not None:
+        path = path.resolve()
+        if path in chain:
+            raise StageError(f"recipe {path} is its own base (through {' → '.join(map(str, chain))})")
+        chain.append(path)
+        base = read_yaml(path, "recipe").get("base")
+        path = path.parent / base if base else None
+    return chain[::-1]
+
+
+def apply_recipe(params, recipe):
+    """params with the recipe laid over it: mappings merge key by key, anything else is replaced."""
+    merged = copy.deepcopy(params)
+    for key, value in recipe.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = apply_recipe(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def read_yaml(path, kind):
+    """A YAML mapping; a missing file, bad YAML or another type is a StageError naming the file (and line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise StageError(f"{kind} {path} not found")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise StageError(f"{where}: not valid YAML: {getattr(error, 'problem', None) or error}") from None
+    if not isinstance(loaded, dict):
+        raise StageError(f"{path}: a {kind} is a mapping of params sections, got {type(loaded).__name__}")
+    return loaded
 
 
 def section(params, name, params_path="params.yaml"):

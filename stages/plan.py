@@ -7,14 +7,10 @@ built on the meta device from their configs (never downloaded: hub ids map to co
 prints parameter counts, the vocabulary alignment, memory per GPU by term, throughput and wall clock,
 and exits non-zero naming what does not fit when the layout cannot hold the run.
 """
-import copy
 import itertools
 from dataclasses import replace
-from pathlib import Path
 
-import yaml
-
-from stages.common import StageError, stage_main
+from stages.common import StageError, lay_recipe, stage_main
 from taid.plan import (
     GIB, LAYOUTS, PLACEMENTS, Setup, flops_per_token, make_plan, model_shape, resolve_config, steps_for,
 )
@@ -26,32 +22,6 @@ PLAN_DEFAULTS = {"gpu": "H100 80GB SXM", "gpus": 8, "gpu_mem_gib": 80.0, "peak_t
                  "tokens": 0, "tokenizer_size": 0}
 # outputs of earlier stages, which have the shapes of the models they come from
 STAGE_OUTPUTS = {"models/student": ("distill", "student"), "models/teacher": ("teacher", "model")}
-
-
-def apply_recipe(params, recipe):
-    """params with the recipe laid over it: mappings merge key by key, anything else is replaced."""
-    merged = copy.deepcopy(params)
-    for key, value in recipe.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = apply_recipe(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
-def load_recipe(path):
-    path = Path(path)
-    if not path.is_file():
-        raise StageError(f"recipe {path} not found")
-    try:
-        recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise StageError(f"{where}: not valid YAML: {getattr(error, 'problem', None) or error}") from None
-    if not isinstance(recipe, dict):
-        raise StageError(f"{path}: a recipe is a mapping of params sections, got {type(recipe).__name__}")
-    return recipe
 
 
 def plan_settings(params, where):
@@ -236,7 +206,7 @@ def plan_for(params, args, where):
 def run(args, params):
     where = args.recipe or args.params
     if args.recipe:
-        params = apply_recipe(params, load_recipe(args.recipe))
+        params = lay_recipe(params, args.recipe)
     plan, sources, plan_cfg = plan_for(params, args, where)
     print_plan(plan, sources, plan_cfg, where, args.stage)
     problems = plan.problems()

@@ -22,10 +22,8 @@ def dvc(repo, *args):
     return result.stdout
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """A git + DVC copy of the project with its default params and bundled data, unchanged."""
-    repo = tmp_path_factory.mktemp("project")
+def copy_project(repo):
+    """A git + DVC copy of the project in ``repo``, with its default params and bundled data."""
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy(REPO / name, repo / name)
     for name in ("stages", "taid", "corpus", "chat", "eval", "export", "configs", "data/sample", "data/fixtures"):
@@ -37,13 +35,18 @@ def project(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    return copy_project(tmp_path_factory.mktemp("project"))
+
+
+@pytest.fixture(scope="module")
 def reproduced(project):
     return dvc(project, "repro"), dvc(project, "repro")
 
 
 def test_repro_runs_every_stage_then_nothing_the_second_time(reproduced):
     first, second = reproduced
-    for stage in ("tokenizer", "prepare", "prepare_chat", "teacher", "teacher_chat", "teacher_cache@distill",
+    for stage in ("recipe", "tokenizer", "prepare", "prepare_chat", "teacher", "teacher_chat", "teacher_cache@distill",
                   "teacher_cache@instruct", "distill", "instruct", "evaluate", "export_gguf_f16", "export_gguf@q8_0",
                   "export_gguf@q5_k_m", "export_gguf@q4_k_m", "evaluate_gguf@q4_k_m", "export_mlc@q4f16_1",
                   "export_mlc@q4f32_1", "model_card"):
@@ -117,17 +120,20 @@ def downstream(project, stages):
 
 
 def rerun_by(project, edit):
-    """The stages `dvc repro` would rerun after ``edit(params)``: those `dvc status` reports changed and
-    everything downstream of them. Params are restored afterwards."""
+    """The stages `dvc repro` would rerun after ``edit(params)``: those `dvc status` reports changed once
+    the recipe stage has resolved the params, and everything downstream of them. Params are restored
+    afterwards."""
     path = project / "params.yaml"
     original = path.read_text()
     params = yaml.safe_load(original)
     edit(params)
     path.write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False))
     try:
+        dvc(project, "repro", "--single-item", "recipe")
         status = json.loads(dvc(project, "status", "--json"))
     finally:
         path.write_text(original)
+        dvc(project, "repro", "--single-item", "recipe")
     return downstream(project, set(status))
 
 
@@ -147,3 +153,21 @@ def test_a_param_change_reruns_only_the_stages_that_depend_on_it(project, reprod
     assert rerun_by(project, loss) == {"distill"} | after_instruct
     assert rerun_by(project, distill_teacher) == {"teacher_cache@distill", "distill"} | after_instruct
     assert rerun_by(project, instruct_teacher) == {"teacher_cache@instruct"} | after_instruct
+
+
+def test_a_recipe_reruns_only_the_stages_whose_keys_it_changes(project, reproduced):
+    """A recipe building on another (base:) that sets the instruct stage's steps: params.yaml's other keys,
+    the base's included, stay as they were for every other stage."""
+    recipes = project / "configs/recipes"
+    (recipes / "test-base.yaml").write_text("instruct:\n  train:\n    lr: 1.0e-3\n")   # params.yaml's own value
+    (recipes / "test-steps.yaml").write_text("base: test-base.yaml\ninstruct:\n  train:\n    steps: 7\n")
+
+    def recipe(params):
+        params["recipe"] = "configs/recipes/test-steps.yaml"
+
+    try:
+        assert rerun_by(project, recipe) == downstream(project, {"instruct"})
+    finally:
+        for name in ("test-base.yaml", "test-steps.yaml"):
+            (recipes / name).unlink()
+        dvc(project, "repro", "--single-item", "recipe")

@@ -19,7 +19,7 @@ from torch.profiler._memory_profiler import Action
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from stages import plan as plan_stage
-from stages.common import StageError
+from stages.common import StageError, apply_recipe
 from taid.chunked import LossSpec, chunked_loss
 from taid.losses import taid_loss
 from taid.models import final_hidden
@@ -308,7 +308,7 @@ def test_recipes_follow_the_official_taid_settings_and_the_trainer_schema(recipe
 
 def test_a_recipe_is_laid_over_params_key_by_key():
     params = {"distill": {"loss": "taid", "train": {"steps": 10, "lr": 1.0}}, "corpus": {"sources": [1, 2]}}
-    merged = plan_stage.apply_recipe(params, {"distill": {"train": {"steps": 99}}, "corpus": {"sources": [3]}})
+    merged = apply_recipe(params, {"distill": {"train": {"steps": 99}}, "corpus": {"sources": [3]}})
     assert merged == {"distill": {"loss": "taid", "train": {"steps": 99, "lr": 1.0}}, "corpus": {"sources": [3]}}
     assert params["distill"]["train"]["steps"] == 10
 
