@@ -3,12 +3,12 @@
 #
 #   bash benchmarks/gpu_check.sh                 # memory, then launches in every layout the machine allows
 #   bash benchmarks/gpu_check.sh memory|launch   # one of them
-#   CPU=1 bash benchmarks/gpu_check.sh launch    # DDP with 2 CPU processes (gloo): checks this script itself
+#   CPU=1 bash benchmarks/gpu_check.sh launch    # DDP and FSDP2 with 2 CPU processes (gloo): checks the script
 #   NODES=2 NODE_RANK=<r> MAIN_IP=<node 0 address> bash benchmarks/gpu_check.sh launch   # on every node
 #
 # memory: one distillation of Qwen2.5-1.5B-shaped teacher into 0.5B-shaped student (random weights, one
 #   GPU, the trainer's own loop); the planner's per-GPU memory against torch.cuda.max_memory_allocated.
-# launch: the same tiny TAID run (fp32, 6 steps, adaptive t) with 1 process and with N processes under
+# launch: tests/launched.py's tiny TAID run (fp32, 6 steps, adaptive t, a live teacher) with 1 process and N under
 #   DDP, FSDP2 and DeepSpeed ZeRO-3 (when installed): final weights allclose, TAID t equal at every step.
 # Prints PASS / FAIL per check and exits non-zero when one failed.
 set -uo pipefail
@@ -48,47 +48,19 @@ print(f"measured {measured / GIB:.2f} GiB, planned {predicted / GIB:.2f} GiB, ra
 sys.exit(0 if 0.75 <= measured / predicted <= 1.10 else 1)
 EOF
 
-cat > "$WORK/launch.py" <<'EOF'
-# one tiny TAID run under whatever accelerate launched; rank 0 saves full weights and the t per step
-import os, sys, numpy as np, torch
-from accelerate import PartialState
-from transformers import Qwen2Config, Qwen2ForCausalLM
-from taid.objective import Objective
-from taid.schedule import TAIDSchedule
-from taid.trainer import TrainConfig, train
-out, global_rows, world = sys.argv[1], 32, int(os.environ.get("WORLD_SIZE", "1"))   # up to 32 processes
-def tiny(hidden, layers, seed):
-    torch.manual_seed(seed)
-    return Qwen2ForCausalLM(Qwen2Config(vocab_size=96, hidden_size=hidden, intermediate_size=2 * hidden,
-        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64))
-data = np.random.default_rng(0).integers(0, 96, (64, 33)).astype(np.int32)
-cfg = TrainConfig(steps=6, batch_size=global_rows // world, grad_accum=2, lr=1e-3, precision="fp32",
-                  loss_chunk_size=16, seed=0)
-schedule = TAIDSchedule(alpha=0.05, total_steps=cfg.steps)
-teacher = tiny(64, 2, seed=1).requires_grad_(False)
-valid = data[:global_rows]   # one validation batch per process (a process with none waits forever)
-result, student = train(tiny(32, 2, seed=2), Objective("taid", teacher=teacher, chunk_size=16), data, valid, cfg,
-                        schedule=schedule)
-def full(param):  # the whole tensor, whichever engine sharded it
-    if hasattr(param, "ds_id"):
-        import deepspeed
-        with deepspeed.zero.GatheredParameters([param]):
-            return param.detach().cpu().clone()
-    return (param.full_tensor() if hasattr(param, "full_tensor") else param).detach().cpu().clone()
-weights = {name: full(p) for name, p in student.named_parameters()}
-state = PartialState()   # after train(): its Accelerator sets the state up (and reads ACCELERATE_USE_CPU)
-if state.is_main_process:
-    print(f"{state.num_processes} processes, {state.distributed_type}")
-    torch.save({"weights": weights, "t": [row["t"] for row in result.history]}, out)
-EOF
-
 cat > "$WORK/compare.py" <<'EOF'
-import sys, torch
-ref, other = (torch.load(path) for path in sys.argv[1:3])
-worst = max(float((ref["weights"][k] - other["weights"][k]).abs().max()) for k in ref["weights"])
-t_gap = max(abs(a - b) for a, b in zip(ref["t"], other["t"]))
-print(f"max weight difference {worst:.2e}, max t difference {t_gap:.1e} over {len(ref['t'])} steps")
-sys.exit(0 if worst < 1e-4 and t_gap < 1e-6 and len(ref["t"]) == len(other["t"]) else 1)
+# a multi-process run of tests/launched.py against the single-process one: weights, and t on every rank
+import json, sys, torch
+from pathlib import Path
+single, other = map(Path, sys.argv[1:3])
+ref, got = (torch.load(d / "weights.pt") for d in (single, other))
+worst = max(float((ref[k].float() - got[k].float()).abs().max()) for k in ref)
+ref_t = json.loads((single / "rank0.json").read_text())["t"]
+ranks = [json.loads(p.read_text()) for p in sorted(other.glob("rank*.json"))]
+t_gap = max(abs(a - b) for r in ranks for a, b in zip(ref_t, r["t"]))
+print(f"{len(ranks)} processes, {ranks[0]['engine']}: max weight difference {worst:.2e}, "
+      f"max t difference {t_gap:.1e} over {len(ref_t)} steps")
+sys.exit(0 if worst < 1e-4 and t_gap < 1e-6 and all(len(r["t"]) == len(ref_t) for r in ranks) else 1)
 EOF
 
 check_memory() {
@@ -96,25 +68,28 @@ check_memory() {
   tail -n 12 "$WORK/memory.log"; report memory $rc "$WORK/memory.log"
 }
 
-run_launch() {  # tag, then accelerate launch arguments
+run_launch() {  # tag, then accelerate launch arguments; the run is tests/launched.py (LAUNCHED_FLAGS: its flags)
   local tag=$1; shift
-  $ACCELERATE launch "$@" "$WORK/launch.py" "$WORK/$tag.pt" > "$WORK/$tag.log" 2>&1
+  mkdir -p "$WORK/$tag"
+  $ACCELERATE launch "$@" tests/launched.py ${LAUNCHED_FLAGS:-} train "$WORK/$tag" > "$WORK/$tag.log" 2>&1
 }
 
 compare() {  # tag, then accelerate launch arguments; rank 0's node compares with the single run
   run_launch "$@"; local rc=$?
-  [ $rc = 0 ] && [ "${NODE_RANK:-0}" = 0 ] && { $PY "$WORK/compare.py" "$WORK/single.pt" "$WORK/$1.pt" >> "$WORK/$1.log" 2>&1; rc=$?; }
-  grep -E "processes,|max weight" "$WORK/$1.log"; report "$1" $rc "$WORK/$1.log"
+  [ $rc = 0 ] && [ "${NODE_RANK:-0}" = 0 ] && { $PY "$WORK/compare.py" "$WORK/single" "$WORK/$1" >> "$WORK/$1.log" 2>&1; rc=$?; }
+  grep -E "max weight" "$WORK/$1.log"; report "$1" $rc "$WORK/$1.log"
 }
 
 check_launch() {
   if [ -n "${CPU:-}" ]; then
     export ACCELERATE_USE_CPU=1   # torchrun processes on CPU: accelerate picks MULTI_CPU with gloo
-    run_launch single --cpu --num_processes 1 && compare ddp-cpu --multi_gpu --num_processes 2
+    run_launch single --cpu --num_processes 1 && compare ddp-cpu --multi_gpu --num_processes 2 --mixed_precision no
+    LAUNCHED_FLAGS=--fsdp-on-cpu compare fsdp-cpu --config_file configs/accelerate/fsdp.yaml --num_processes 2 \
+      --mixed_precision no
     return
   fi
   local gpus n=1; gpus=$($PY -c "import torch; print(torch.cuda.device_count())")
-  while [ $((n * 2)) -le "$gpus" ] && [ $((n * 2)) -le 8 ]; do n=$((n * 2)); done   # a power of two divides 32 rows
+  while [ $((n * 2)) -le "$gpus" ] && [ $((n * 2)) -le 8 ]; do n=$((n * 2)); done   # a power of two divides 16 rows
   run_launch single --config_file configs/accelerate/single-gpu.yaml || { report single 1 "$WORK/single.log"; return; }
   if [ -n "${NODES:-}" ]; then
     compare multi-node --config_file configs/accelerate/multi-node.yaml --num_machines "$NODES" \
@@ -125,8 +100,8 @@ check_launch() {
   compare ddp --config_file configs/accelerate/ddp.yaml --num_processes $n
   compare fsdp --config_file configs/accelerate/fsdp.yaml --num_processes $n --mixed_precision no
   if $PY -c "import deepspeed" 2>/dev/null; then
-    printf '{"train_micro_batch_size_per_gpu": %d, "gradient_accumulation_steps": 2, "gradient_clipping": 1.0, "zero_optimization": {"stage": 3}}' \
-      $((32 / n)) > "$WORK/ds.json"
+    printf '{"train_micro_batch_size_per_gpu": %d, "gradient_accumulation_steps": 2, "gradient_clipping": 1.0, "zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": true}}' \
+      $((16 / (2 * n))) > "$WORK/ds.json"
     compare zero3 --use_deepspeed --deepspeed_config_file "$WORK/ds.json" --num_processes $n --mixed_precision no
   else
     echo "SKIP zero3: deepspeed is not installed (pip install deepspeed)"
