@@ -17,6 +17,9 @@ steps are timed interleaved (ours, TRL, ours, ...) after one warm-up step each; 
 of the rounds' ratios. Each variant's peak memory is measured in a fresh process over two steps (the
 second includes AdamW's state), as the growth over the models and batch already in memory.
 
+bf16 (autocast over fp32 weights, both sides) is for a GPU: CPU autocast keeps log_softmax in bf16, so
+there TRL's loss drifts a few % from ours, which computes it in fp32, and the check stops the run.
+
     python benchmarks/distill_step.py                       # 8 rows × 128 tokens, fp32 on CPU
     python benchmarks/distill_step.py --device cuda --dtype bfloat16 --batch 16 --seq-len 512 --results benchmarks/results/distill_step_gpu.json --no-readme
 """
@@ -43,7 +46,7 @@ from taid.objective import Objective
 
 VARIANTS = ("ours", "trl")
 STUDENT, TEACHER = REPO / "configs/models/student-tiny.json", REPO / "configs/models/teacher-tiny.json"
-TOLERANCE = {"float32": {"loss": 1e-5, "grad": 1e-4}, "bfloat16": {"loss": 2e-2, "grad": 1e-1}}
+TOLERANCE = {"float32": {"loss": 1e-5, "grad": 1e-4}, "bfloat16": {"loss": 1e-2, "grad": 5e-2}}
 LR, WEIGHT_DECAY, GRAD_CLIP = 1e-3, 0.01, 1.0   # the update after either loss: TrainConfig's defaults
 
 
