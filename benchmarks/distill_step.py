@@ -21,7 +21,7 @@ bf16 (autocast over fp32 weights, both sides) is for a GPU: CPU autocast keeps l
 there TRL's loss drifts a few % from ours, which computes it in fp32, and the check stops the run.
 
     python benchmarks/distill_step.py                       # 8 rows × 128 tokens, fp32 on CPU
-    python benchmarks/distill_step.py --device cuda --dtype bfloat16 --batch 16 --seq-len 512 --results benchmarks/results/distill_step_gpu.json --no-readme
+    bash benchmarks/gpu.sh distill                          # bf16 on a GPU
 """
 import argparse
 import copy

@@ -56,6 +56,17 @@ def test_the_chunked_benchmark_reports_a_naive_form_over_the_memory_cap(tmp_path
     (row,) = json.loads(results.read_text())["rows"]
     assert row["naive_fits"] is False and row["naive_mib"] is None and row["time_ratio"] is None
     assert 0 < row["chunked_mib"] < 1.3 * 1024 and row["chunked_s"] > 0
+    assert row["loss_checked_by_blocks"] and row["loss_gap"] < 1e-5   # the value, against full logits by blocks
+
+
+def test_the_loss_by_blocks_is_the_full_logit_loss_and_a_wrong_one_stops_the_benchmark():
+    tensors = chunked_loss.inputs(tokens=70, vocab=512, hidden=24)
+    full = loss_and_grads("naive", 0.5)
+    assert math.isclose(chunked_loss.naive_loss_by_blocks(tensors, block=16), full["loss"], rel_tol=1e-6)
+    chunked_loss.agreement({"loss": chunked_loss.naive_loss_by_blocks(tensors, block=16)}, full, "float32")
+    with pytest.raises(SystemExit) as excinfo:
+        chunked_loss.agreement({"loss": chunked_loss.naive_loss_by_blocks(tensors, block=16, t=0.7)}, full, "float32")
+    exits_with_message(excinfo, "disagree", "loss")
 
 
 # -- distillation step against TRL
