@@ -10,7 +10,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: install repro test clean
+.PHONY: install repro test bench clean
 
 # Re-install only when the project's dependencies change.
 $(STAMP): pyproject.toml
@@ -26,6 +26,14 @@ repro: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# The benchmarks, ~30 min on 2 cores: benchmarks/results/*.json and the README's tables (see its Performance).
+bench: install
+	$(BIN)/python -c "import trl" 2>/dev/null || $(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,tvm,bench]'
+	$(BIN)/python benchmarks/chunked_loss.py
+	$(BIN)/python benchmarks/distill_step.py
+	$(BIN)/python benchmarks/pipeline.py
+	$(BIN)/python benchmarks/study.py --short
 
 clean:
 	rm -rf $(VENV) checkpoints
