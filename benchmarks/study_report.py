@@ -56,16 +56,17 @@ def methods_table(summary, setup):
 def teacher_size_table(summary, setup, form):
     student = setup["student"]["n_params"]
     labels = {row["method"]: row["label"] for row in summary["teacher_size"]}
+    shown = [m for m in form.scaling_methods if m in labels]
     heading = "| teacher | parameters (× student) | teacher val perplexity |"
-    heading += "".join(f" {labels[m]}: val KL | {labels[m]}: val perplexity |" for m in form.scaling_methods if m in labels)
+    heading += "".join(f" {labels[m]}: val KL | {labels[m]}: val perplexity |" for m in shown)
     lines = [heading, "|---" * (heading.count("|") - 1) + "|"]
     for i, teacher in enumerate(setup["teachers"]):
-        row = f"| {Path(teacher['config']).stem} | {_millions(teacher['n_params'])} ({teacher['n_params'] / student:.1f}×) " \
-              f"| {teacher['val_ppl']:.1f} |"
-        for method in form.scaling_methods:
+        size = f"{_millions(teacher['n_params'])} ({teacher['n_params'] / student:.1f}×)"
+        row = f"| {Path(teacher['config']).stem} | {size} | {teacher['val_ppl']:.1f} |"
+        for method in shown:
             found = [s for s in summary["teacher_size"] if s["method"] == method and s["teacher"] == i]
-            if found:
-                row += f" {cell(found[0]['val_kl'], METRICS['val_kl'][1])} | {cell(found[0]['val_ppl'], METRICS['val_ppl'][1])} |"
+            for metric in ("val_kl", "val_ppl"):
+                row += f" {cell(found[0][metric], METRICS[metric][1])} |" if found else " – |"
         lines.append(row)
     return "\n".join(lines) + "\n"
 
@@ -139,11 +140,14 @@ def _teacher_size_plot(plt, summary, runs, setup, form):
                         marker="o", capsize=3, label=rows[0]["label"])
     for ax, metric in zip(axes, ("val_kl", "val_ppl")):
         ax.set_xscale("log")
+        ax.set_xticks(sizes, [_millions(n) for n in sizes], minor=False)
+        ax.minorticks_off()
         ax.set_xlabel("teacher parameters")
         ax.set_ylabel(METRICS[metric][0] + (" (to its own teacher)" if metric == "val_kl" else ""))
         ax.legend()
     axes[1].plot(sizes, [t["val_ppl"] for t in setup["teachers"]], "k--", marker="s", label="the teacher itself")
     axes[1].legend()
+    figure.tight_layout()
     return figure
 
 

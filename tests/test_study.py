@@ -151,3 +151,8 @@ def test_every_method_runs_two_steps_on_a_slice_and_the_report_is_written(tmp_pa
     again = study.run_study(form, load_params(REPO / "params.yaml"), tmp_path / "work", tmp_path / "results2",
                             readme=None)
     assert again["runs"] == results["runs"]
+
+
+def test_parallel_returns_results_in_order_from_worker_processes():
+    assert list(study.parallel(math.sqrt, [16, 1, 9, 4], jobs=2)) == [4, 1, 3, 2]
+    assert list(study.parallel(math.sqrt, [16, 1], jobs=1)) == [4, 1]
