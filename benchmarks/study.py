@@ -343,9 +343,10 @@ def run_study(form, params, work, results_dir=RESULTS, readme=REPO / "README.md"
               f"JCQA {record['jcqa']:.2f} ({record['train_seconds']} s)")
         runs.append(record)
     setup = {"form": form.name, "student": {"config": form.student, **parameter_counts(student)},
-             "teachers": teachers, "seeds": list(form.seeds), "teacher_train": form.teacher_train,
-             "student_train": form.student_train, "vocab_size": len(data.tokenizer), "train_rows": len(data.train),
-             "valid_rows": len(data.valid), "seq_len": int(data.train.tokens.shape[1]), "fast_alpha": form.fast_alpha,
+             "teachers": [{k: v for k, v in t.items() if k != "path"} for t in teachers],
+             "seeds": list(form.seeds), "teacher_train": form.teacher_train, "student_train": form.student_train,
+             "vocab_size": len(data.tokenizer), "train_rows": len(data.train), "valid_rows": len(data.valid),
+             "seq_len": int(data.train.tokens.shape[1]), "fast_alpha": form.fast_alpha,
              "taid": params["distill"]["taid"], "loss_params": params["distill"]["loss_params"], "jobs": jobs}
     results = study_report.write_results(setup, agreement, runs, form, results_dir,
                                          seconds=round(time.perf_counter() - started, 1))
