@@ -28,8 +28,7 @@ test: install
 	$(BIN)/python -m pytest
 
 # The benchmarks, ~30 min on 2 cores: benchmarks/results/*.json and the README's tables (see its Performance).
-bench: install
-	$(BIN)/python -c "import trl" 2>/dev/null || $(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,tvm,bench]'
+bench: install   # dev includes the bench extra (TRL, matplotlib)
 	$(BIN)/python benchmarks/chunked_loss.py
 	$(BIN)/python benchmarks/distill_step.py
 	$(BIN)/python benchmarks/pipeline.py
