@@ -38,35 +38,31 @@ def stage_main(name, description, add_arguments, run, module=None):
 
 
 def load_params(path):
-    """The params file with its recipe, if it names one, laid over it (see ``recipe_files``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise StageError(f"params file {path} not found")
+    """The params file with its recipe, if it names one, laid over it (see ``recipe_chain``)."""
     params = read_yaml(path, "params file")
-    return lay_recipe(params, params.get("recipe"), path.parent)
+    return lay_recipe(params, params.get("recipe"), Path(path).parent)
 
 
 # -- recipes: a recipe sets only the keys it changes; it may build on another recipe (base: its path)
 
 def lay_recipe(params, recipe, relative_to="."):
     """params with the recipe file (None: none) and its bases laid over it."""
-    for path in recipe_files(recipe, relative_to):
-        params = apply_recipe(params, {k: v for k, v in read_yaml(path, "recipe").items() if k != "base"})
+    for _, settings in recipe_chain(recipe, relative_to):
+        params = apply_recipe(params, {k: v for k, v in settings.items() if k != "base"})
     return params
 
 
-def recipe_files(recipe, relative_to="."):
-    """The files a recipe stands for, the deepest base first; each path is relative to the file naming it."""
-    if not recipe:
-        return []
-    chain, path = [], Path(relative_to) / recipe
+def recipe_chain(recipe, relative_to="."):
+    """(path, settings) of the files a recipe stands for, the deepest base first; each path is relative
+    to the file naming it."""
+    chain, path = [], Path(relative_to) / recipe if recipe else None
     while path is not None:
         path = path.resolve()
-        if path in chain:
-            raise StageError(f"recipe {path} is its own base (through {' → '.join(map(str, chain))})")
-        chain.append(path)
-        base = read_yaml(path, "recipe").get("base")
-        path = path.parent / base if base else None
+        if path in [seen for seen, _ in chain]:
+            raise StageError(f"recipe {path} is its own base (through {' → '.join(str(p) for p, _ in chain)})")
+        settings = read_yaml(path, "recipe")
+        chain.append((path, settings))
+        path = path.parent / settings["base"] if settings.get("base") else None
     return chain[::-1]
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from stages.common import StageError, read_yaml, recipe_files, stage_main, write_text
+from stages.common import StageError, read_yaml, recipe_chain, stage_main, write_text
 
 RECIPES = Path("configs/recipes")   # the recipe stage's dependency: recipes elsewhere would go unseen
 HEADER = ("# Written by `python -m stages.recipe` (stage recipe): params.yaml with its recipe laid over it.\n"
@@ -40,7 +40,7 @@ def check_tracked(files):
 
 def run(args, params):
     own = read_yaml(args.params, "params file")
-    files = recipe_files(own.get("recipe"), Path(args.params).parent)
+    files = [path for path, _ in recipe_chain(own.get("recipe"), Path(args.params).parent)]
     check_tracked(files)
     write_text(args.out, HEADER + yaml.safe_dump(params, allow_unicode=True, sort_keys=False))
     if not files:

@@ -19,7 +19,7 @@ from torch.profiler._memory_profiler import Action
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from stages import plan as plan_stage
-from stages.common import StageError, apply_recipe
+from stages.common import StageError
 from taid.chunked import LossSpec, chunked_loss
 from taid.losses import taid_loss
 from taid.models import final_hidden
@@ -304,13 +304,6 @@ def test_recipes_follow_the_official_taid_settings_and_the_trainer_schema(recipe
     train = settings["distill"]["train"]
     assert (train["lr"], train["grad_clip"], train["precision"], settings["distill"]["ce_weight"]) == (1e-4, 1.0, "bf16", 0.0)
     assert set(settings["plan"]) <= set(plan_stage.PLAN_DEFAULTS)
-
-
-def test_a_recipe_is_laid_over_params_key_by_key():
-    params = {"distill": {"loss": "taid", "train": {"steps": 10, "lr": 1.0}}, "corpus": {"sources": [1, 2]}}
-    merged = apply_recipe(params, {"distill": {"train": {"steps": 99}}, "corpus": {"sources": [3]}})
-    assert merged == {"distill": {"loss": "taid", "train": {"steps": 99, "lr": 1.0}}, "corpus": {"sources": [3]}}
-    assert params["distill"]["train"]["steps"] == 10
 
 
 @pytest.mark.parametrize("text, message", [

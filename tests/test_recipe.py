@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from stages import recipe as recipe_stage
-from stages.common import StageError, load_params
+from stages.common import StageError, apply_recipe, load_params
 from tests.test_stages import REPO
 
 
@@ -14,6 +14,13 @@ def write(path, obj):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(obj) if not isinstance(obj, str) else obj)
     return path
+
+
+def test_a_recipe_is_laid_over_params_key_by_key():
+    params = {"distill": {"loss": "taid", "train": {"steps": 10, "lr": 1.0}}, "corpus": {"sources": [1, 2]}}
+    merged = apply_recipe(params, {"distill": {"train": {"steps": 99}}, "corpus": {"sources": [3]}})
+    assert merged == {"distill": {"loss": "taid", "train": {"steps": 99, "lr": 1.0}}, "corpus": {"sources": [3]}}
+    assert params["distill"]["train"]["steps"] == 10
 
 
 @pytest.fixture
